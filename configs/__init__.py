@@ -1,0 +1,1 @@
+"""ml_collections config files: each has `get_config(arg)`."""

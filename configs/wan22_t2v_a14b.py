@@ -1,0 +1,50 @@
+"""Wan2.2-T2V-A14B expert (each of the high- and low-noise experts) with HoloCine switches.
+
+  get_config("")                    # full self-attention + window cross-attention (HoloCine full)
+  get_config("attention=sparse")    # HoloCine sparse inter-shot self-attention
+  get_config("window=false")        # plain Wan2.2 cross-attention
+Defaults: bf16 compute, fp32 params, scanned blocks, FSDP over all devices.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  a = common.parse_arg(
+    arg,
+    attention="full",
+    window=True,
+    remat="dots_no_batch",
+    param_dtype="float32",
+    fsdp=-1,
+    tensor=1,
+    context=1,
+  )
+  config = ml_collections.ConfigDict()
+  config.model = dict(
+    dim=5120,
+    num_layers=40,
+    num_heads=40,
+    ffn_dim=13824,
+    freq_dim=256,
+    text_dim=4096,
+    in_channels=16,
+    out_channels=16,
+    patch_size=(1, 2, 2),
+    eps=1e-6,
+    rope_theta=10000.0,
+    rope_max_positions=1024,
+    self_attention=a.attention,
+    window_cross_attention=a.window,
+    param_dtype=a.param_dtype,
+    dtype="bfloat16",
+    scan_layers=True,
+    remat_policy=a.remat,
+  )
+  config.text_len = 512
+  config.boundary = 0.875  # high-noise expert for t >= boundary * 1000
+  config.mesh = common.mesh(fsdp=a.fsdp, tensor=a.tensor, context=a.context)
+  config.logical_rules = common.logical_rules()
+  return config

@@ -1,0 +1,1 @@
+"""holocine-jax: HoloCine multi-shot video generation in JAX/Flax."""

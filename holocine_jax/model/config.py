@@ -1,0 +1,61 @@
+"""DiT hyper-parameters and HoloCine switches, built from the `model` block of a config file."""
+
+import dataclasses
+
+import jax.numpy as jnp
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+  """The Wan2.2 DiT; defaults are the A14B expert (each of the two experts)."""
+
+  dim: int = 5120
+  num_layers: int = 40
+  num_heads: int = 40
+  ffn_dim: int = 13824
+  freq_dim: int = 256
+  text_dim: int = 4096
+  in_channels: int = 16
+  out_channels: int = 16
+  patch_size: tuple[int, int, int] = (1, 2, 2)
+  eps: float = 1e-6
+  rope_theta: float = 10000.0
+  rope_max_positions: int = 1024
+  self_attention: str = "full"  # "full" | "sparse" (HoloCine inter-shot sparse)
+  window_cross_attention: bool = True
+  param_dtype: str = "float32"
+  dtype: str = "bfloat16"
+  scan_layers: bool = True
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    object.__setattr__(self, "patch_size", tuple(self.patch_size))
+    if self.dim % self.num_heads:
+      raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+    if self.head_dim % 2 or self.head_dim < 6:
+      raise ValueError(f"head_dim {self.head_dim} must be even and >= 6 for 3D RoPE")
+    if self.self_attention not in ("full", "sparse"):
+      raise ValueError(f"self_attention must be 'full' or 'sparse', got {self.self_attention!r}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+    for name in ("param_dtype", "dtype"):
+      jnp.dtype(getattr(self, name))
+
+  @property
+  def head_dim(self) -> int:
+    return self.dim // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def params_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  @classmethod
+  def from_config(cls, model_config) -> "DiTConfig":
+    """From an ml_collections block (or any mapping) of the fields above."""
+    return cls(**dict(model_config))

@@ -1,0 +1,102 @@
+"""Small building blocks with logical axis names: linear layers and fp32 norms.
+
+Every parameter is created through `nn.with_logical_partitioning`, so a rules table can shard it.
+"""
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Axes = tuple[str | None, ...]
+
+
+def param_init(init, axes: Axes):
+  return nn.with_logical_partitioning(init, axes)
+
+
+def constrain(x, axes: Axes):
+  """Logical sharding constraint on an activation (no-op without a mesh and rules)."""
+  return nn.with_logical_constraint(x, axes)
+
+
+class Linear(nn.Module):
+  """y = x . W + b contracting the last `len(in_axes)` dims of x into `features`."""
+
+  features: Sequence[int]
+  in_axes: Axes
+  out_axes: Axes
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n_in = len(self.in_axes)
+    kernel = self.param(
+      "kernel",
+      param_init(
+        nn.initializers.lecun_normal(
+          in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + len(self.features)))
+        ),
+        self.in_axes + self.out_axes,
+      ),
+      (*x.shape[-n_in:], *self.features),
+      self.param_dtype,
+    )
+    bias = self.param(
+      "bias",
+      param_init(nn.initializers.zeros, self.out_axes),
+      tuple(self.features),
+      self.param_dtype,
+    )
+    y = jax.lax.dot_general(
+      x.astype(self.dtype),
+      kernel.astype(self.dtype),
+      ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())),
+    )
+    return y + bias.astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last dim in fp32 (optionally affine); returns fp32."""
+
+  eps: float
+  affine: bool = False
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+    if self.affine:
+      d = x.shape[-1]
+      y = y * self.param(
+        "scale", param_init(nn.initializers.ones, ("embed",)), (d,), self.param_dtype
+      ).astype(jnp.float32)
+      y = y + self.param(
+        "bias", param_init(nn.initializers.zeros, ("embed",)), (d,), self.param_dtype
+      ).astype(jnp.float32)
+    return y
+
+
+class RMSNorm(nn.Module):
+  """RMS norm jointly over the trailing `axes` (Wan's qk-norm spans all heads), fp32 inside."""
+
+  eps: float
+  axes: Axes
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n = len(self.axes)
+    red = tuple(range(x.ndim - n, x.ndim))
+    scale = self.param(
+      "scale", param_init(nn.initializers.ones, self.axes), x.shape[-n:], self.param_dtype
+    )
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.square(xf).mean(red, keepdims=True) + self.eps)
+    return y.astype(self.dtype) * scale.astype(self.dtype)
