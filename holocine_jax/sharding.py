@@ -49,7 +49,8 @@ def mesh_shape(sizes: dict, num_devices: int) -> tuple[int, ...]:
   shape = tuple(num_devices // fixed if a in unknown else sizes.get(a, 1) for a in MESH_AXES)
   if math.prod(shape) != num_devices:
     raise ValueError(
-      f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, have {num_devices}"
+      f"mesh {dict(zip(MESH_AXES, shape, strict=True))} needs {math.prod(shape)} devices, "
+      f"have {num_devices}"
     )
   return shape
 

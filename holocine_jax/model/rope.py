@@ -43,9 +43,9 @@ def rope_tables(grid: tuple[int, int, int], head_dim: int, theta: float, max_pos
 
 def apply_rope(x_BxLxHxK, cos_LxR, sin_LxR):
   """Rotates interleaved pairs (x[2i], x[2i+1]) by the token's angles, in fp32."""
-  b, l, h, k = x_BxLxHxK.shape
-  x = x_BxLxHxK.astype(jnp.float32).reshape(b, l, h, k // 2, 2)
+  b, n, h, k = x_BxLxHxK.shape
+  x = x_BxLxHxK.astype(jnp.float32).reshape(b, n, h, k // 2, 2)
   x1, x2 = x[..., 0], x[..., 1]
   cos, sin = cos_LxR[None, :, None], sin_LxR[None, :, None]
   out = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
-  return out.reshape(b, l, h, k).astype(x_BxLxHxK.dtype)
+  return out.reshape(b, n, h, k).astype(x_BxLxHxK.dtype)
