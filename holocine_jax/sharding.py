@@ -28,6 +28,10 @@ DEFAULT_LOGICAL_RULES = (
   ("patch", None),
   ("freq", None),
   ("text_embed", None),
+  ("vocab", "tensor"),
+  ("rel_buckets", None),
+  ("conv_in", None),
+  ("conv_out", "tensor"),
   ("act_batch", ("data", "fsdp")),
   ("act_length", "context"),
   ("act_heads", "tensor"),
@@ -35,6 +39,10 @@ DEFAULT_LOGICAL_RULES = (
   ("act_embed", None),
   ("act_mlp", "tensor"),
   ("act_text", None),
+  ("act_frames", None),
+  ("act_height", None),
+  ("act_width", None),
+  ("act_channels", None),
 )
 
 
