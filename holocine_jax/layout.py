@@ -154,7 +154,8 @@ class ShotBatch:
   """Fixed-shape arrays describing a batch of layouts (and optionally text windows).
 
   `text_allow_BxNxT` is None when no element uses window cross-attention; an element without
-  windows (e.g. the negative prompt) has all-True rows.
+  windows (e.g. the negative prompt) has all-True rows. The static `max_shot_frames` bounds every
+  shot's length: sparse kernels size their loops by it, so cuts may change without recompiling.
   """
 
   shot_id_BxL: jnp.ndarray
@@ -162,10 +163,16 @@ class ShotBatch:
   summary_idx_BxG: jnp.ndarray
   summary_valid_BxG: jnp.ndarray
   text_allow_BxNxT: jnp.ndarray | None = None
+  tokens_per_frame: int = struct.field(pytree_node=False, default=1)
+  max_shot_frames: int = struct.field(pytree_node=False, default=1)
 
   @property
   def max_shots(self) -> int:
     return self.shot_bounds_BxNx2.shape[1]
+
+  @property
+  def max_shot_tokens(self) -> int:
+    return min(self.max_shot_frames * self.tokens_per_frame, self.shot_id_BxL.shape[1])
 
 
 def make_batch(
@@ -173,9 +180,14 @@ def make_batch(
   windows: Sequence[TextWindows | None] | None = None,
   *,
   max_shots: int | None = None,
+  max_shot_frames: int | None = None,
   text_len: int = 512,
 ) -> ShotBatch:
-  """Stacks layouts (and text windows) padded to `max_shots` into a `ShotBatch`."""
+  """Stacks layouts (and text windows) padded to `max_shots` into a `ShotBatch`.
+
+  `max_shot_frames` (default: the whole clip) is the static bound on shot length that sparse
+  attention sizes its work by; keep it fixed across batches to avoid recompiling.
+  """
   if not layouts:
     raise LayoutError("make_batch needs at least one layout")
   num_tokens = {lay.num_tokens for lay in layouts}
@@ -198,6 +210,13 @@ def make_batch(
     bounds[b, : lay.num_shots] = np.stack([tb[:-1], tb[1:]], -1)
     summary_idx[b, : lay.num_shots * p] = lay.summary_tokens()
     summary_valid[b, : lay.num_shots * p] = True
+  frames = num_l // p
+  cap = frames if max_shot_frames is None else max_shot_frames
+  longest = max(max(lay.latent_frames_per_shot()) for lay in layouts)
+  if longest > cap:
+    raise LayoutError(
+      f"a shot has {longest} latent frames but max_shot_frames={cap}; raise the bound"
+    )
   allow = None
   if windows is not None:
     if len(windows) != len(layouts):
@@ -218,4 +237,6 @@ def make_batch(
     summary_idx_BxG=jnp.asarray(summary_idx),
     summary_valid_BxG=jnp.asarray(summary_valid),
     text_allow_BxNxT=None if allow is None else jnp.asarray(allow),
+    tokens_per_frame=p,
+    max_shot_frames=cap,
   )
