@@ -10,7 +10,9 @@ from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  a = common.parse_arg(arg, attention="full", window=True, scan=True, remat="none")
+  a = common.parse_arg(
+    arg, attention="full", impl="auto", window=True, scan=True, remat="none", block=16
+  )
   config = ml_collections.ConfigDict()
   config.model = dict(
     dim=32,
@@ -26,6 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     rope_theta=10000.0,
     rope_max_positions=1024,
     self_attention=a.attention,
+    attention_impl=a.impl,
+    block_q=a.block,
+    block_kv=a.block,
     window_cross_attention=a.window,
     param_dtype="float32",
     dtype="float32",

@@ -77,12 +77,14 @@ def _released_bias():
   return torch.cat(biases)
 
 
-@pytest.mark.parametrize("attention", ["sparse", "full"])
+@pytest.mark.parametrize(
+  "attention", ["sparse,impl=reference", "sparse,impl=packed", "sparse,impl=kernel", "full"]
+)
 def test_holocine_attention_matches_released_algorithm(attention):
   torch_model = ref.tiny_wan(seed=1)
   cross = ref.masked_sdpa(_released_bias())
   self_attend = None
-  if attention == "sparse":
+  if attention.startswith("sparse"):
     cuts = [lay.token_bounds for lay in LAYOUTS]
     self_attend = ref.released_sparse(cuts, per_g=GRID.tokens_per_frame)
   ref.set_processors(torch_model, self_attend=self_attend, cross_attend=cross)

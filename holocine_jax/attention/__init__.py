@@ -1,23 +1,81 @@
-"""One entry point for the DiT's attention: picks the implementation by mode and config.
+"""One entry point for the DiT's attention: picks the implementation by mode, config, backend.
 
+Sparse implementations: "reference" (dense masked oracle), "packed" (portable XLA, shots packed
+into fixed slots), "kernel" (Pallas block-sparse flash kernel; interpret mode on CPU). "auto"
+takes the kernel on TPU and the packed path elsewhere (the kernel is written for Mosaic; it has
+no Triton lowering yet).
+
+Under a mesh the kernel runs in `shard_map` with batch split as `act_batch` and heads split over
+the `act_heads` axes plus any `act_length` (context) axes: a sequence-sharded input is thus
+re-laid out heads<->sequence by one all-to-all before the kernel, which sees whole sequences.
 Legend: B batch, L video tokens, T text tokens, H heads, K head dim.
 """
 
-from holocine_jax.attention import masks, reference
+import functools
+
+import flax.linen as nn
+import jax
+from jax.sharding import PartitionSpec as P
+
+from holocine_jax.attention import masks, packed, reference, shot_kernel
 from holocine_jax.layout import ShotBatch
 
 SELF_ATTENTION_MODES = ("full", "sparse")
+IMPLEMENTATIONS = ("auto", "reference", "packed", "kernel")
 
 
-def self_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, mode: str, shots: ShotBatch | None):
+def resolve_impl(impl: str) -> str:
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention implementation {impl!r}, expected {IMPLEMENTATIONS}")
+  if impl == "auto":
+    return "kernel" if jax.default_backend() == "tpu" else "packed"
+  return impl
+
+
+def self_attention(
+  q_BxLxHxK,
+  k_BxLxHxK,
+  v_BxLxHxK,
+  *,
+  mode: str,
+  shots: ShotBatch | None,
+  impl: str = "auto",
+  block_sizes: shot_kernel.BlockSizes = shot_kernel.BlockSizes(),
+):
   """Full or HoloCine sparse inter-shot self-attention over the video tokens."""
   if mode == "full":
     return reference.attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
-  if mode == "sparse":
-    if shots is None:
-      raise ValueError("self_attention='sparse' needs a ShotBatch describing the shots")
+  if mode != "sparse":
+    raise ValueError(f"unknown self-attention mode {mode!r}, expected {SELF_ATTENTION_MODES}")
+  if shots is None:
+    raise ValueError("self_attention='sparse' needs a ShotBatch describing the shots")
+  impl = resolve_impl(impl)
+  if impl == "reference":
     return reference.sparse_shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots)
-  raise ValueError(f"unknown self-attention mode {mode!r}, expected one of {SELF_ATTENTION_MODES}")
+  if impl == "packed":
+    return packed.packed_shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots)
+  kernel = functools.partial(
+    shot_kernel.shot_attention,
+    block_sizes=block_sizes,
+    interpret=jax.default_backend() == "cpu",
+  )
+  if jax.sharding.get_abstract_mesh().empty:
+    return kernel(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots)
+  return _in_shard_map(kernel, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots)
+
+
+def _in_shard_map(kernel, q, k, v, shots: ShotBatch):
+  """Runs `kernel` per device: local batch, local heads, whole sequence."""
+  batch, length, heads, _ = nn.logical_to_mesh_axes(
+    ("act_batch", "act_length", "act_heads", "act_kv")
+  )
+  as_tuple = lambda axes: () if axes is None else (axes,) if isinstance(axes, str) else axes
+  head_axes = as_tuple(heads) + as_tuple(length)
+  qkv = P(batch, None, head_axes or None, None)
+  shot_specs = jax.tree.map(lambda _: P(batch), shots)
+  return jax.shard_map(
+    kernel, in_specs=(qkv, qkv, qkv, shot_specs), out_specs=qkv, check_vma=False
+  )(q, k, v, shots)
 
 
 def cross_attention(q_BxLxHxK, k_BxTxHxK, v_BxTxHxK, *, shots: ShotBatch | None):

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from holocine_jax import attention
+from holocine_jax.attention.shot_kernel import BlockSizes
 from holocine_jax.layout import ShotBatch
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.layers import LayerNorm, Linear, RMSNorm, constrain, param_init
@@ -42,7 +43,13 @@ class Attention(nn.Module):
         constrain(t, ACT_BLHK) for t in (q_BxLxHxK, k_BxMxHxK, v_BxMxHxK)
       )
       out_BxLxHxK = attention.self_attention(
-        q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, mode=c.self_attention, shots=shots
+        q_BxLxHxK,
+        k_BxMxHxK,
+        v_BxMxHxK,
+        mode=c.self_attention,
+        shots=shots,
+        impl=c.attention_impl,
+        block_sizes=BlockSizes(c.block_q, c.block_kv),
       )
     else:
       q_BxLxHxK = constrain(q_BxLxHxK, ACT_BLHK)

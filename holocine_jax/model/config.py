@@ -24,6 +24,9 @@ class DiTConfig:
   rope_theta: float = 10000.0
   rope_max_positions: int = 1024
   self_attention: str = "full"  # "full" | "sparse" (HoloCine inter-shot sparse)
+  attention_impl: str = "auto"  # sparse: "auto" | "reference" | "packed" | "kernel"
+  block_q: int = 512  # Pallas kernel block sizes (tokens)
+  block_kv: int = 512
   window_cross_attention: bool = True
   param_dtype: str = "float32"
   dtype: str = "bfloat16"
@@ -38,6 +41,8 @@ class DiTConfig:
       raise ValueError(f"head_dim {self.head_dim} must be even and >= 6 for 3D RoPE")
     if self.self_attention not in ("full", "sparse"):
       raise ValueError(f"self_attention must be 'full' or 'sparse', got {self.self_attention!r}")
+    if self.attention_impl not in ("auto", "reference", "packed", "kernel"):
+      raise ValueError(f"unknown attention_impl {self.attention_impl!r}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
     for name in ("param_dtype", "dtype"):
