@@ -1,0 +1,126 @@
+"""HoloCine sparse shot attention vs dense attention as the number of shots grows.
+
+For S = 1, 2, 4, 8, 16 shots of fixed length: tokens, dense and ideal sparse FLOPs, the kernel's
+visited kv blocks vs dense blocks, and measured CPU time of the XLA packed path vs dense XLA
+attention (jax.nn.dot_product_attention), forward and forward+backward, side by side.
+
+  python benchmarks/shot_attention.py [--frames-per-shot 3] [--tokens-per-frame 64]
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from holocine_jax import layout  # noqa: E402
+from holocine_jax.attention import packed, shot_kernel  # noqa: E402
+
+
+def best_time(fn, *args, repeats):
+  jax.block_until_ready(fn(*args))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def flops(shots_list, heads, head_dim):
+  """(dense, sparse) attention FLOPs: 2 matmuls x 2 flops per multiply-add."""
+  dense = sparse = 0
+  for lay in shots_list:
+    g = lay.num_shots * lay.tokens_per_frame
+    dense += 4 * heads * head_dim * lay.num_tokens**2
+    sparse += (
+      4
+      * heads
+      * head_dim
+      * sum(n * (n + g) for n in (f * lay.tokens_per_frame for f in lay.latent_frames_per_shot()))
+    )
+  return dense, sparse
+
+
+def row(num_shots, args):
+  lay = layout.ShotLayout(
+    tuple(range(0, args.frames_per_shot * num_shots + 1, args.frames_per_shot)),
+    args.tokens_per_frame,
+  )
+  shots = layout.make_batch([lay], max_shot_frames=args.frames_per_shot)
+  q, k, v = jax.random.normal(
+    jax.random.key(0), (3, 1, lay.num_tokens, args.heads, args.head_dim), jnp.float32
+  )
+  dense_fn = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")
+  sparse_fn = lambda q, k, v: packed.packed_shot_attention(q, k, v, shots)
+  grad = lambda f: jax.jit(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) ** 2), argnums=(0, 1, 2)))
+  t = {
+    "dense_fwd": best_time(jax.jit(dense_fn), q, k, v, repeats=args.repeats),
+    "sparse_fwd": best_time(jax.jit(sparse_fn), q, k, v, repeats=args.repeats),
+    "dense_bwd": best_time(grad(dense_fn), q, k, v, repeats=args.repeats),
+    "sparse_bwd": best_time(grad(sparse_fn), q, k, v, repeats=args.repeats),
+  }
+  dense_flops, sparse_flops = flops([lay], args.heads, args.head_dim)
+  blocks = shot_kernel.BlockSizes(args.block, args.block)
+  visited, dense_blocks = shot_kernel.visited_blocks(shots, blocks)
+  flop_ratio = dense_flops / sparse_flops
+  fwd_ratio = t["dense_fwd"] / t["sparse_fwd"]
+  bwd_ratio = t["dense_bwd"] / t["sparse_bwd"]
+  print(
+    f"| {num_shots:5} | {lay.num_tokens:6} | {dense_flops / 1e9:8.2f} | {sparse_flops / 1e9:8.2f} "
+    f"| {flop_ratio:6.2f} | {visited:5}/{dense_blocks:<5} | {t['dense_fwd'] * 1e3:8.1f} "
+    f"| {t['sparse_fwd'] * 1e3:8.1f} | {fwd_ratio:6.2f} | {t['dense_bwd'] * 1e3:8.1f} "
+    f"| {t['sparse_bwd'] * 1e3:8.1f} | {bwd_ratio:6.2f} | {flop_ratio / max(fwd_ratio, 1e-9):8.2f} "
+    f"| {flop_ratio / max(bwd_ratio, 1e-9):8.2f} |"
+  )
+
+
+def real_size_blocks(block: int):
+  """Kernel kv blocks visited vs dense at 480x832 (1560 tokens per latent frame)."""
+  print(
+    f"\nKernel block visits at real size (1560 tokens/frame, 12 frames per shot, {block}-token "
+    "blocks, incl. summary tail):"
+  )
+  print("| shots | tokens | visited / dense blocks | fraction |")
+  print("|-------|--------|------------------------|----------|")
+  for s in (1, 2, 5, 8, 13):
+    lay = layout.ShotLayout(tuple(range(0, 12 * s + 1, 12)), 1560)
+    shots = layout.make_batch([lay], max_shot_frames=12)
+    visited, dense = shot_kernel.visited_blocks(shots, shot_kernel.BlockSizes(block, block))
+    print(f"| {s:5} | {lay.num_tokens:6} | {visited:10} / {dense:<9} | {visited / dense:8.3f} |")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--frames-per-shot", type=int, default=3)
+  parser.add_argument("--tokens-per-frame", type=int, default=64)
+  parser.add_argument("--heads", type=int, default=4)
+  parser.add_argument("--head-dim", type=int, default=64)
+  parser.add_argument("--block", type=int, default=128)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+  args = parser.parse_args()
+  print(
+    f"jax {jax.__version__} on {jax.default_backend()}, {os.cpu_count()} cpus; shot = "
+    f"{args.frames_per_shot} frames x {args.tokens_per_frame} tokens, H={args.heads}, "
+    f"K={args.head_dim}, fp32, best of {args.repeats}; times in ms"
+  )
+  print(
+    "| shots | tokens | dense GF | sparse GF | FLOP x | kernel blocks | dense fwd | packed fwd "
+    "| fwd x  | dense f+b | packed f+b | f+b x  | FLOPx/fwdx | FLOPx/f+bx |"
+  )
+  print(
+    "|-------|--------|----------|-----------|--------|---------------|-----------|------------"
+    "|--------|-----------|------------|--------|------------|------------|"
+  )
+  for s in args.shots:
+    row(s, args)
+  real_size_blocks(512)
+
+
+if __name__ == "__main__":
+  main()
