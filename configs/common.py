@@ -26,3 +26,14 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     kind = type(defaults[key])
     out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
   return out
+
+
+def holocine_switches(a: ml_collections.ConfigDict) -> dict:
+  """The model fields every config takes from its args: HoloCine attention and remat."""
+  return dict(
+    self_attention=a.attention,
+    attention_impl=a.impl,
+    window_cross_attention=a.window,
+    remat_policy=a.remat,
+  )
+

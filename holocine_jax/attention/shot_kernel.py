@@ -101,8 +101,22 @@ def _logits(q_ref, k_ref, scale):
   )
 
 
-def _fwd_kernel(lo_ref, cnt_ref, q_ref, k_ref, v_ref, qid_ref, kvid_ref, o_ref, lse_ref,
-                m_scr, l_scr, acc_scr, *, st: _Static):
+def _fwd_kernel(
+  lo_ref,
+  cnt_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  qid_ref,
+  kvid_ref,
+  o_ref,
+  lse_ref,
+  m_scr,
+  l_scr,
+  acc_scr,
+  *,
+  st: _Static,
+):
   b, i, s = pl.program_id(0), pl.program_id(2), pl.program_id(3)
   num_steps = st.kv_steps + st.num_tail_blocks
 
@@ -134,8 +148,32 @@ def _fwd_kernel(lo_ref, cnt_ref, q_ref, k_ref, v_ref, qid_ref, kvid_ref, o_ref, 
     lse_ref[...] = (m_scr[...] + jnp.log(safe_Qx1))[:, 0]
 
 
-def _dq_kernel(lo_ref, cnt_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qid_ref,
-               kvid_ref, dq_ref, dq_scr, *, st: _Static):
+def _probs_and_dscores(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qid_ref, kvid_ref, scale):
+  """Recomputed probabilities p and score gradients ds = p * (dO.V^T - delta), both [Q, V]."""
+  logits_QxV = _logits(q_ref, k_ref, scale)
+  p_QxV = jnp.where(_allowed(qid_ref, kvid_ref), jnp.exp(logits_QxV - lse_ref[...][:, None]), 0.0)
+  dp_QxV = jax.lax.dot_general(
+    do_ref[...], v_ref[...], (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+  )
+  return p_QxV, p_QxV * (dp_QxV - delta_ref[...][:, None])
+
+
+def _dq_kernel(
+  lo_ref,
+  cnt_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  qid_ref,
+  kvid_ref,
+  dq_ref,
+  dq_scr,
+  *,
+  st: _Static,
+):
   b, i, s = pl.program_id(0), pl.program_id(2), pl.program_id(3)
 
   @pl.when(s == 0)
@@ -144,24 +182,37 @@ def _dq_kernel(lo_ref, cnt_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref,
 
   @pl.when((s < cnt_ref[b, i]) | (s >= st.kv_steps))
   def _step():
-    allowed_QxV = _allowed(qid_ref, kvid_ref)
-    logits_QxV = _logits(q_ref, k_ref, st.scale)
-    p_QxV = jnp.where(allowed_QxV, jnp.exp(logits_QxV - lse_ref[...][:, None]), 0.0)
-    dp_QxV = jax.lax.dot_general(
-      do_ref[...], v_ref[...], (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+    _, ds_QxV = _probs_and_dscores(
+      q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qid_ref, kvid_ref, st.scale
     )
-    ds_QxV = p_QxV * (dp_QxV - delta_ref[...][:, None])
-    dq_scr[...] += jnp.dot(
+    dq_scr[...] += st.scale * jnp.dot(
       ds_QxV.astype(k_ref.dtype), k_ref[...], preferred_element_type=jnp.float32
-    ) * st.scale
+    )
 
   @pl.when(s == st.kv_steps + st.num_tail_blocks - 1)
   def _finish():
     dq_ref[...] = dq_scr[...].astype(dq_ref.dtype)
 
 
-def _dkv_kernel(lo_ref, cnt_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qid_ref,
-                kvid_ref, dk_ref, dv_ref, dk_scr, dv_scr, *, st: _Static, steps: int):
+def _dkv_kernel(
+  lo_ref,
+  cnt_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  qid_ref,
+  kvid_ref,
+  dk_ref,
+  dv_ref,
+  dk_scr,
+  dv_scr,
+  *,
+  st: _Static,
+  steps: int,
+):
   b, j, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
 
   @pl.when(t == 0)
@@ -171,20 +222,16 @@ def _dkv_kernel(lo_ref, cnt_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref
 
   @pl.when(t < cnt_ref[b, j])
   def _step():
-    allowed_QxV = _allowed(qid_ref, kvid_ref)
-    logits_QxV = _logits(q_ref, k_ref, st.scale)
-    p_QxV = jnp.where(allowed_QxV, jnp.exp(logits_QxV - lse_ref[...][:, None]), 0.0)
-    t_dims = (((0,), (0,)), ((), ()))
+    p_QxV, ds_QxV = _probs_and_dscores(
+      q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, qid_ref, kvid_ref, st.scale
+    )
+    contract_q = (((0,), (0,)), ((), ()))
     dv_scr[...] += jax.lax.dot_general(
-      p_QxV.astype(do_ref.dtype), do_ref[...], t_dims, preferred_element_type=jnp.float32
+      p_QxV.astype(do_ref.dtype), do_ref[...], contract_q, preferred_element_type=jnp.float32
     )
-    dp_QxV = jax.lax.dot_general(
-      do_ref[...], v_ref[...], (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+    dk_scr[...] += st.scale * jax.lax.dot_general(
+      ds_QxV.astype(q_ref.dtype), q_ref[...], contract_q, preferred_element_type=jnp.float32
     )
-    ds_QxV = p_QxV * (dp_QxV - delta_ref[...][:, None])
-    dk_scr[...] += jax.lax.dot_general(
-      ds_QxV.astype(q_ref.dtype), q_ref[...], t_dims, preferred_element_type=jnp.float32
-    ) * st.scale
 
   @pl.when(t == steps - 1)
   def _finish():
@@ -192,88 +239,90 @@ def _dkv_kernel(lo_ref, cnt_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref
     dv_ref[...] = dv_scr[...].astype(dv_ref.dtype)
 
 
-def _kv_block(st: _Static, num_token_blocks: int):
-  """kv block visited at step s by q block i: its token range (clamped, so skipped steps
-  re-use the resident block and issue no copy), then the tail."""
+def _q_major_specs(st: _Static, head_dim: int, num_token_blocks: int):
+  """BlockSpecs on the (b, h, q block i, kv step s) grid of the forward and dq kernels."""
 
-  def index(b, i, s, lo_ref, cnt_ref):
-    last = jnp.maximum(cnt_ref[b, i] - 1, 0)
-    token = lo_ref[b, i] + jnp.minimum(s, last)
+  def kv_block(b, i, s, lo_ref, cnt_ref):
+    # Steps past a q block's range re-use its last block (no new copy) and skip compute.
+    token = lo_ref[b, i] + jnp.minimum(s, jnp.maximum(cnt_ref[b, i] - 1, 0))
     return jnp.where(s < st.kv_steps, token, num_token_blocks + s - st.kv_steps)
 
-  return index
+  return dict(
+    q=pl.BlockSpec((None, None, st.block_q, head_dim), lambda b, h, i, s, *_: (b, h, i, 0)),
+    kv=pl.BlockSpec(
+      (None, None, st.block_kv, head_dim), lambda b, h, i, s, *t: (b, h, kv_block(b, i, s, *t), 0)
+    ),
+    row=pl.BlockSpec((None, None, st.block_q), lambda b, h, i, s, *_: (b, h, i)),
+    qid=pl.BlockSpec((None, st.block_q), lambda b, h, i, s, *_: (b, i)),
+    kvid=pl.BlockSpec((None, st.block_kv), lambda b, h, i, s, *t: (b, kv_block(b, i, s, *t))),
+  )
 
 
-def _q_block(b, j, t, lo_ref, cnt_ref):
-  return lo_ref[b, j] + jnp.minimum(t, jnp.maximum(cnt_ref[b, j] - 1, 0))
+def _kv_major_specs(st: _Static, head_dim: int):
+  """BlockSpecs on the (b, h, kv block j, q step t) grid of the dkv kernel."""
+
+  def q_block(b, j, t, lo_ref, cnt_ref):
+    return lo_ref[b, j] + jnp.minimum(t, jnp.maximum(cnt_ref[b, j] - 1, 0))
+
+  return dict(
+    q=pl.BlockSpec(
+      (None, None, st.block_q, head_dim), lambda b, h, j, t, *r: (b, h, q_block(b, j, t, *r), 0)
+    ),
+    kv=pl.BlockSpec((None, None, st.block_kv, head_dim), lambda b, h, j, t, *_: (b, h, j, 0)),
+    row=pl.BlockSpec((None, None, st.block_q), lambda b, h, j, t, *r: (b, h, q_block(b, j, t, *r))),
+    qid=pl.BlockSpec((None, st.block_q), lambda b, h, j, t, *r: (b, q_block(b, j, t, *r))),
+    kvid=pl.BlockSpec((None, st.block_kv), lambda b, h, j, t, *_: (b, j)),
+  )
 
 
-def _params(n: int):
-  return pltpu.CompilerParams(dimension_semantics=("parallel",) * (n - 1) + ("arbitrary",))
+def _call(kernel, grid, in_specs, out_specs, scratch, out_shape, st: _Static):
+  """pallas_call with two scalar-prefetched block tables; the last grid axis accumulates."""
+  return pl.pallas_call(
+    kernel,
+    grid_spec=pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=2,
+      grid=grid,
+      in_specs=in_specs,
+      out_specs=out_specs,
+      scratch_shapes=scratch,
+    ),
+    out_shape=out_shape,
+    compiler_params=pltpu.CompilerParams(
+      dimension_semantics=("parallel",) * (len(grid) - 1) + ("arbitrary",)
+    ),
+    interpret=st.interpret,
+  )
 
 
 def _forward(q, k, v, qid, kvid, lo, cnt, st: _Static):
   b, h, lp, d = q.shape
-  nq, nv = lp // st.block_q, lp // st.block_kv
-  kv_index = _kv_block(st, nv)
-  row = lambda bb, hh, i, s, *_: (bb, hh, i, 0)
-  grid_spec = pltpu.PrefetchScalarGridSpec(
-    num_scalar_prefetch=2,
-    grid=(b, h, nq, st.kv_steps + st.num_tail_blocks),
-    in_specs=[
-      pl.BlockSpec((None, None, st.block_q, d), row),
-      pl.BlockSpec((None, None, st.block_kv, d), lambda bb, hh, i, s, *t: (
-        bb, hh, kv_index(bb, i, s, *t), 0)),
-      pl.BlockSpec((None, None, st.block_kv, d), lambda bb, hh, i, s, *t: (
-        bb, hh, kv_index(bb, i, s, *t), 0)),
-      pl.BlockSpec((None, st.block_q), lambda bb, hh, i, s, *_: (bb, i)),
-      pl.BlockSpec((None, st.block_kv), lambda bb, hh, i, s, *t: (bb, kv_index(bb, i, s, *t))),
-    ],
-    out_specs=[
-      pl.BlockSpec((None, None, st.block_q, d), row),
-      pl.BlockSpec((None, None, st.block_q), lambda bb, hh, i, s, *_: (bb, hh, i)),
-    ],
-    scratch_shapes=[
+  sp = _q_major_specs(st, d, lp // st.block_kv)
+  return _call(
+    functools.partial(_fwd_kernel, st=st),
+    (b, h, lp // st.block_q, st.kv_steps + st.num_tail_blocks),
+    [sp["q"], sp["kv"], sp["kv"], sp["qid"], sp["kvid"]],
+    [sp["q"], sp["row"]],
+    [
       pltpu.VMEM((st.block_q, 1), jnp.float32),
       pltpu.VMEM((st.block_q, 1), jnp.float32),
       pltpu.VMEM((st.block_q, d), jnp.float32),
     ],
-  )
-  return pl.pallas_call(
-    functools.partial(_fwd_kernel, st=st),
-    grid_spec=grid_spec,
-    out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
-               jax.ShapeDtypeStruct((b, h, lp), jnp.float32)],
-    compiler_params=_params(4),
-    interpret=st.interpret,
+    [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lp), jnp.float32)],
+    st,
   )(lo, cnt, q, k, v, qid, kvid)
 
 
 def _dq(q, k, v, do, lse, delta, qid, kvid, lo, cnt, st: _Static):
   b, h, lp, d = q.shape
-  nq, nv = lp // st.block_q, lp // st.block_kv
-  kv_index = _kv_block(st, nv)
-  kv_spec = pl.BlockSpec((None, None, st.block_kv, d), lambda bb, hh, i, s, *t: (
-    bb, hh, kv_index(bb, i, s, *t), 0))
-  q_spec = pl.BlockSpec((None, None, st.block_q, d), lambda bb, hh, i, s, *_: (bb, hh, i, 0))
-  row_spec = pl.BlockSpec((None, None, st.block_q), lambda bb, hh, i, s, *_: (bb, hh, i))
-  grid_spec = pltpu.PrefetchScalarGridSpec(
-    num_scalar_prefetch=2,
-    grid=(b, h, nq, st.kv_steps + st.num_tail_blocks),
-    in_specs=[
-      q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec,
-      pl.BlockSpec((None, st.block_q), lambda bb, hh, i, s, *_: (bb, i)),
-      pl.BlockSpec((None, st.block_kv), lambda bb, hh, i, s, *t: (bb, kv_index(bb, i, s, *t))),
-    ],
-    out_specs=q_spec,
-    scratch_shapes=[pltpu.VMEM((st.block_q, d), jnp.float32)],
-  )
-  return pl.pallas_call(
+  sp = _q_major_specs(st, d, lp // st.block_kv)
+  return _call(
     functools.partial(_dq_kernel, st=st),
-    grid_spec=grid_spec,
-    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-    compiler_params=_params(4),
-    interpret=st.interpret,
+    (b, h, lp // st.block_q, st.kv_steps + st.num_tail_blocks),
+    [sp["q"], sp["kv"], sp["kv"], sp["q"], sp["row"], sp["row"], sp["qid"], sp["kvid"]],
+    sp["q"],
+    [pltpu.VMEM((st.block_q, d), jnp.float32)],
+    jax.ShapeDtypeStruct(q.shape, q.dtype),
+    st,
   )(lo, cnt, q, k, v, do, lse, delta, qid, kvid)
 
 
@@ -281,29 +330,15 @@ def _dkv(q, k, v, do, lse, delta, qid, kvid, q_lo, q_cnt, steps: int, st: _Stati
   """dk, dv for the kv blocks of `k` / `v` (token part or tail), each visiting q blocks
   [q_lo, q_lo + q_cnt) of at most `steps`."""
   b, h, _, d = q.shape
-  nkv = k.shape[2] // st.block_kv
-  q_spec = pl.BlockSpec((None, None, st.block_q, d), lambda bb, hh, j, t, *r: (
-    bb, hh, _q_block(bb, j, t, *r), 0))
-  row_spec = pl.BlockSpec((None, None, st.block_q), lambda bb, hh, j, t, *r: (
-    bb, hh, _q_block(bb, j, t, *r)))
-  kv_spec = pl.BlockSpec((None, None, st.block_kv, d), lambda bb, hh, j, t, *_: (bb, hh, j, 0))
-  grid_spec = pltpu.PrefetchScalarGridSpec(
-    num_scalar_prefetch=2,
-    grid=(b, h, nkv, steps),
-    in_specs=[
-      q_spec, kv_spec, kv_spec, q_spec, row_spec, row_spec,
-      pl.BlockSpec((None, st.block_q), lambda bb, hh, j, t, *r: (bb, _q_block(bb, j, t, *r))),
-      pl.BlockSpec((None, st.block_kv), lambda bb, hh, j, t, *_: (bb, j)),
-    ],
-    out_specs=[kv_spec, kv_spec],
-    scratch_shapes=[pltpu.VMEM((st.block_kv, d), jnp.float32)] * 2,
-  )
-  return pl.pallas_call(
+  sp = _kv_major_specs(st, d)
+  return _call(
     functools.partial(_dkv_kernel, st=st, steps=steps),
-    grid_spec=grid_spec,
-    out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-    compiler_params=_params(4),
-    interpret=st.interpret,
+    (b, h, k.shape[2] // st.block_kv, steps),
+    [sp["q"], sp["kv"], sp["kv"], sp["q"], sp["row"], sp["row"], sp["qid"], sp["kvid"]],
+    [sp["kv"], sp["kv"]],
+    [pltpu.VMEM((st.block_kv, d), jnp.float32)] * 2,
+    [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    st,
   )(q_lo, q_cnt, q, k, v, do, lse, delta, qid, kvid)
 
 
@@ -323,11 +358,13 @@ def _flash_bwd(st, res, do):
   delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
   dq = _dq(q, k, v, do, lse, delta, qid, kvid, lo, cnt, st)
   nq = lp // st.block_q
-  dk_tok, dv_tok = _dkv(q, k[:, :, :lp], v[:, :, :lp], do, lse, delta, qid, kvid[:, :lp],
-                        q_lo, q_cnt, st.q_steps, st)
+  dk_tok, dv_tok = _dkv(
+    q, k[:, :, :lp], v[:, :, :lp], do, lse, delta, qid, kvid[:, :lp], q_lo, q_cnt, st.q_steps, st
+  )
   tail = jnp.zeros((b, st.num_tail_blocks), jnp.int32)
-  dk_tail, dv_tail = _dkv(q, k[:, :, lp:], v[:, :, lp:], do, lse, delta, qid, kvid[:, lp:],
-                          tail, tail + nq, nq, st)
+  dk_tail, dv_tail = _dkv(
+    q, k[:, :, lp:], v[:, :, lp:], do, lse, delta, qid, kvid[:, lp:], tail, tail + nq, nq, st
+  )
   dk = jnp.concatenate([dk_tok, dk_tail], axis=2)
   dv = jnp.concatenate([dv_tok, dv_tail], axis=2)
   return dq, dk, dv, None, None, None, None, None, None
@@ -351,8 +388,14 @@ def _check(q, k, v, shots: ShotBatch):
 
 
 @functools.partial(jax.jit, static_argnames=("block_sizes", "interpret"))
-def shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots: ShotBatch,
-                   block_sizes: BlockSizes = BlockSizes(), interpret: bool = False):
+def shot_attention(
+  q_BxLxHxK,
+  k_BxLxHxK,
+  v_BxLxHxK,
+  shots: ShotBatch,
+  block_sizes: BlockSizes = BlockSizes(),
+  interpret: bool = False,
+):
   """HoloCine sparse self-attention with the block-sparse Pallas kernel; same result as
   reference.sparse_shot_attention. Differentiable (Pallas backward kernels)."""
   _check(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots)
@@ -390,8 +433,16 @@ def shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots: ShotBatch,
   lo, cnt = _ranges(shot_BxL, start_BxN, end_BxN, lp // bq, bq, bk)
   q_lo, q_cnt = _ranges(shot_BxL, start_BxN, end_BxN, lp // bk, bk, bq)
   out = _flash(
-    heads_major(q_BxLxHxK, lp), with_tail(k_BxLxHxK), with_tail(v_BxLxHxK),
-    qid, kvid, lo, cnt, q_lo, q_cnt, st,
+    heads_major(q_BxLxHxK, lp),
+    with_tail(k_BxLxHxK),
+    with_tail(v_BxLxHxK),
+    qid,
+    kvid,
+    lo,
+    cnt,
+    q_lo,
+    q_cnt,
+    st,
   )
   return out.transpose(0, 2, 1, 3)[:, :num_l]
 
@@ -402,8 +453,14 @@ def visited_blocks(shots: ShotBatch, block_sizes: BlockSizes = BlockSizes()) -> 
   bq, bk = block_sizes.block_q, block_sizes.block_kv
   lp = _cdiv(num_l, math.lcm(bq, bk)) * math.lcm(bq, bk)
   gp = _cdiv(shots.summary_idx_BxG.shape[1], bk) * bk
-  _, cnt = _ranges(shots.shot_id_BxL, shots.shot_bounds_BxNx2[..., 0],
-                   shots.shot_bounds_BxNx2[..., 1], lp // bq, bq, bk)
+  _, cnt = _ranges(
+    shots.shot_id_BxL,
+    shots.shot_bounds_BxNx2[..., 0],
+    shots.shot_bounds_BxNx2[..., 1],
+    lp // bq,
+    bq,
+    bk,
+  )
   real_q_blocks = _cdiv(num_l, bq)
   visited = int(cnt.sum()) + b * real_q_blocks * (gp // bk)
   return visited, b * real_q_blocks * _cdiv(num_l, bk)

@@ -6,14 +6,13 @@ F FFN dim, R rotary pairs.
 """
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from holocine_jax import attention
 from holocine_jax.attention.shot_kernel import BlockSizes
 from holocine_jax.layout import ShotBatch
 from holocine_jax.model.config import DiTConfig
-from holocine_jax.model.layers import LayerNorm, Linear, RMSNorm, constrain, param_init
+from holocine_jax.model.layers import LayerNorm, Linear, RMSNorm, constrain, modulation_table
 from holocine_jax.model.rope import apply_rope
 
 ACT_BLD = ("act_batch", "act_length", "act_embed")
@@ -68,14 +67,7 @@ class DiTBlock(nn.Module):
   def __call__(self, x_BxLxD, context_BxTxD, temb_Bx6xD, rope, shots: ShotBatch | None):
     c = self.config
     dt = c.compute_dtype
-    table_6xD = self.param(
-      "modulation",
-      param_init(
-        lambda key, shape, dtype: jax.random.normal(key, shape, dtype) / c.dim**0.5, (None, "embed")
-      ),
-      (6, c.dim),
-      c.params_dtype,
-    )
+    table_6xD = modulation_table(self, "modulation", 6, c.dim, c.params_dtype)
     mod_Bx6xD = table_6xD[None].astype(jnp.float32) + temb_Bx6xD.astype(jnp.float32)
     shift, scale, gate, c_shift, c_scale, c_gate = jnp.split(mod_Bx6xD, 6, axis=1)
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from holocine_jax.layout import ShotBatch
 from holocine_jax.model.block import ACT_BLD, DiTBlock
 from holocine_jax.model.config import DiTConfig
-from holocine_jax.model.layers import LayerNorm, Linear, constrain, param_init
+from holocine_jax.model.layers import LayerNorm, Linear, constrain, modulation_table
 from holocine_jax.model.rope import rope_tables
 
 _REMAT_POLICIES = {
@@ -90,14 +90,7 @@ class WanDiT(nn.Module):
     rope = rope_tables(grid, c.head_dim, c.rope_theta, c.rope_max_positions)
     x_BxLxD = self._blocks()(x_BxLxD, ctx_BxTxD, temb_Bx6xD, rope, shots)[0]
 
-    table_2xD = self.param(
-      "head_modulation",
-      param_init(
-        lambda key, shape, dtype: jax.random.normal(key, shape, dtype) / c.dim**0.5, (None, "embed")
-      ),
-      (2, c.dim),
-      c.params_dtype,
-    )
+    table_2xD = modulation_table(self, "head_modulation", 2, c.dim, c.params_dtype)
     mod_Bx2xD = table_2xD[None].astype(jnp.float32) + temb_BxD[:, None]
     shift_Bx1xD, scale_Bx1xD = jnp.split(mod_Bx2xD, 2, axis=1)
     x_BxLxD = LayerNorm(c.eps, name="norm_out")(x_BxLxD) * (1 + scale_Bx1xD) + shift_Bx1xD

@@ -100,3 +100,9 @@ class RMSNorm(nn.Module):
     xf = x.astype(jnp.float32)
     y = xf * jax.lax.rsqrt(jnp.square(xf).mean(red, keepdims=True) + self.eps)
     return y.astype(self.dtype) * scale.astype(self.dtype)
+
+
+def modulation_table(module: nn.Module, name: str, rows: int, dim: int, param_dtype):
+  """Wan's learned AdaLN table [rows, dim] (added to the time embedding), init N(0, 1/dim)."""
+  init = lambda key, shape, dtype: jax.random.normal(key, shape, dtype) / dim**0.5
+  return module.param(name, param_init(init, (None, "embed")), (rows, dim), param_dtype)
