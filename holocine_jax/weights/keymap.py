@@ -12,7 +12,6 @@ import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 
-import jax
 import numpy as np
 from flax import traverse_util
 
@@ -72,11 +71,9 @@ def convert(
   mismatches (expected vs got), with `config_hint` telling which config should fit.
   """
   rules = tuple(rules)
-  flat_target = {
-    "/".join(k): v for k, v in traverse_util.flatten_dict(jax.tree.map(lambda x: x, target)).items()
-  }
+  flat_target = {"/".join(k): v for k, v in traverse_util.flatten_dict(target).items()}
   out: dict[str, np.ndarray] = {}
-  filled: dict[str, set[int]] = {}
+  layers_filled: dict[str, set[int]] = {}
   unexpected, problems = [], []
   for key, value in state.items():
     if any(re.fullmatch(p, key) for p in ignore):
@@ -95,7 +92,6 @@ def convert(
     arr = arr.reshape(shape).astype(spec.dtype)
     if layer is None:
       out[path] = arr
-      filled.setdefault(path, set()).add(-1)
       continue
     if layer >= spec.shape[0]:
       problems.append(f"{key}: layer {layer} but the model has {spec.shape[0]} layers")
@@ -103,14 +99,12 @@ def convert(
     if path not in out:
       out[path] = np.zeros(spec.shape, spec.dtype)
     out[path][layer] = arr
-    filled.setdefault(path, set()).add(layer)
-  missing = []
-  for path, spec in flat_target.items():
-    got = filled.get(path, set())
-    if not got:
-      missing.append(path)
-    elif -1 not in got and len(got) != spec.shape[0]:
-      missing.append(f"{path} layers {sorted(set(range(spec.shape[0])) - got)}")
+    layers_filled.setdefault(path, set()).add(layer)
+  missing = [path for path in flat_target if path not in out]
+  for path, got in layers_filled.items():
+    absent = sorted(set(range(flat_target[path].shape[0])) - got)
+    if absent:
+      missing.append(f"{path} layers {absent}")
   hint = f" (is this checkpoint for config {config_hint}?)" if config_hint else ""
   errors = []
   if problems:
