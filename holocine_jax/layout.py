@@ -175,6 +175,18 @@ class ShotBatch:
     return min(self.max_shot_frames * self.tokens_per_frame, self.shot_id_BxL.shape[1])
 
 
+def dense_batch(batch: int, num_tokens: int) -> ShotBatch:
+  """One shot over all tokens and no summary slots: full attention expressed as a ShotBatch."""
+  return ShotBatch(
+    shot_id_BxL=jnp.zeros((batch, num_tokens), jnp.int32),
+    shot_bounds_BxNx2=jnp.tile(jnp.asarray([[[0, num_tokens]]], jnp.int32), (batch, 1, 1)),
+    summary_idx_BxG=jnp.zeros((batch, 0), jnp.int32),
+    summary_valid_BxG=jnp.zeros((batch, 0), bool),
+    tokens_per_frame=num_tokens,
+    max_shot_frames=1,
+  )
+
+
 def make_batch(
   layouts: Sequence[ShotLayout],
   windows: Sequence[TextWindows | None] | None = None,

@@ -62,6 +62,25 @@ def test_matches_reference(case, impl, dtype):
     assert err < grad_tol, f"d{name}: relative error {err}"
 
 
+@pytest.mark.parametrize("impl", ["kernel", "auto", "reference"])
+def test_full_attention_implementations_agree(impl):
+  q, k, v, do = _qkv(layout.dense_batch(2, 21), jnp.float32, seed=5)
+
+  def run(impl):
+    fn = lambda q, k, v: attention.self_attention(
+      q, k, v, mode="full", shots=None, impl=impl, block_sizes=BLOCKS
+    )
+    out, vjp = jax.vjp(fn, q, k, v)
+    return out, vjp(do)
+
+  out, grads = run(impl)
+  want = jax.nn.softmax(jnp.einsum("blhk,bmhk->bhlm", q, k) / 4.0, axis=-1)
+  want = jnp.einsum("bhlm,bmhk->blhk", want, v)
+  np.testing.assert_allclose(out, want, rtol=0, atol=2e-6)
+  for got, exp in zip(grads, run("reference")[1], strict=True):
+    np.testing.assert_allclose(got, exp, rtol=0, atol=1e-5 * float(jnp.abs(exp).max()))
+
+
 def test_new_cuts_do_not_recompile():
   traces = []
 

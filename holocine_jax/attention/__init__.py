@@ -3,7 +3,9 @@
 Sparse implementations: "reference" (dense masked oracle), "packed" (portable XLA, shots packed
 into fixed slots), "kernel" (Pallas block-sparse flash kernel; interpret mode on CPU). "auto"
 takes the kernel on TPU and the packed path elsewhere (the kernel is written for Mosaic; it has
-no Triton lowering yet).
+no Triton lowering yet). Full attention: "kernel" runs the same kernel on a one-shot layout
+(flash attention), "reference" the oracle, anything else `jax.nn.dot_product_attention` (XLA;
+cuDNN on GPU where it applies).
 
 Under a mesh the kernel runs in `shard_map` with batch split as `act_batch` and heads split over
 the `act_heads` axes plus any `act_length` (context) axes: a sequence-sharded input is thus
@@ -17,6 +19,7 @@ import flax.linen as nn
 import jax
 from jax.sharding import PartitionSpec as P
 
+from holocine_jax import layout
 from holocine_jax.attention import masks, packed, reference, shot_kernel
 from holocine_jax.layout import ShotBatch
 
@@ -43,13 +46,17 @@ def self_attention(
   block_sizes: shot_kernel.BlockSizes = shot_kernel.BlockSizes(),
 ):
   """Full or HoloCine sparse inter-shot self-attention over the video tokens."""
-  if mode == "full":
-    return reference.attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
-  if mode != "sparse":
+  if mode not in SELF_ATTENTION_MODES:
     raise ValueError(f"unknown self-attention mode {mode!r}, expected {SELF_ATTENTION_MODES}")
+  impl = resolve_impl(impl)
+  if mode == "full":
+    if impl == "reference":
+      return reference.attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+    if impl != "kernel":
+      return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+    shots = layout.dense_batch(*q_BxLxHxK.shape[:2])
   if shots is None:
     raise ValueError("self_attention='sparse' needs a ShotBatch describing the shots")
-  impl = resolve_impl(impl)
   if impl == "reference":
     return reference.sparse_shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots)
   if impl == "packed":

@@ -361,6 +361,8 @@ def _flash_bwd(st, res, do):
   dk_tok, dv_tok = _dkv(
     q, k[:, :, :lp], v[:, :, :lp], do, lse, delta, qid, kvid[:, :lp], q_lo, q_cnt, st.q_steps, st
   )
+  if not st.num_tail_blocks:
+    return dq, dk_tok, dv_tok, None, None, None, None, None, None
   tail = jnp.zeros((b, st.num_tail_blocks), jnp.int32)
   dk_tail, dv_tail = _dkv(
     q, k[:, :, lp:], v[:, :, lp:], do, lse, delta, qid, kvid[:, lp:], tail, tail + nq, nq, st
@@ -397,7 +399,8 @@ def shot_attention(
   interpret: bool = False,
 ):
   """HoloCine sparse self-attention with the block-sparse Pallas kernel; same result as
-  reference.sparse_shot_attention. Differentiable (Pallas backward kernels)."""
+  reference.sparse_shot_attention. Differentiable (Pallas backward kernels). With
+  `layout.dense_batch` it is plain flash attention."""
   _check(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots)
   b, num_l, _, d = q_BxLxHxK.shape
   bq, bk = block_sizes.block_q, block_sizes.block_kv
