@@ -14,7 +14,13 @@ import jax.numpy as jnp
 from holocine_jax.layout import ShotBatch
 from holocine_jax.model.block import ACT_BLD, DiTBlock
 from holocine_jax.model.config import DiTConfig
-from holocine_jax.model.layers import LayerNorm, Linear, constrain, modulation_table
+from holocine_jax.model.layers import (
+  LayerNorm,
+  Linear,
+  constrain,
+  layer_stack,
+  modulation_table,
+)
 from holocine_jax.model.rope import rope_tables
 
 _REMAT_POLICIES = {
@@ -105,23 +111,7 @@ class WanDiT(nn.Module):
     block = DiTBlock
     if c.remat_policy != "none":
       block = nn.remat(block, policy=_REMAT_POLICIES[c.remat_policy], prevent_cse=not c.scan_layers)
-    if c.scan_layers:
-      return nn.scan(
-        block,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
-        in_axes=(nn.broadcast,) * 4,
-        length=c.num_layers,
-        metadata_params={nn.PARTITION_NAME: "layers"},
-      )(c, name="blocks")
-    layers = [block(c, name=f"blocks_{i}") for i in range(c.num_layers)]
-
-    def run(x, *args):
-      for layer in layers:
-        x, _ = layer(x, *args)
-      return x, None
-
-    return run
+    return layer_stack(block, c.num_layers, c.scan_layers, 4, c, name="blocks")
 
 
 def _check_inputs(c: DiTConfig, latents, timestep, context, shots):

@@ -3,7 +3,7 @@
 Every parameter is created through `nn.with_logical_partitioning`, so a rules table can shard it.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -22,38 +22,40 @@ def constrain(x, axes: Axes):
 
 
 class Linear(nn.Module):
-  """y = x . W + b contracting the last `len(in_axes)` dims of x into `features`."""
+  """y = x . W (+ b) contracting the last `len(in_axes)` dims of x into `features`."""
 
   features: Sequence[int]
   in_axes: Axes
   out_axes: Axes
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  use_bias: bool = True
+  kernel_init: Callable | None = None  # default: lecun normal over the contracted dims
 
   @nn.compact
   def __call__(self, x):
     n_in = len(self.in_axes)
+    init = self.kernel_init or nn.initializers.lecun_normal(
+      in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + len(self.features)))
+    )
     kernel = self.param(
       "kernel",
-      param_init(
-        nn.initializers.lecun_normal(
-          in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + len(self.features)))
-        ),
-        self.in_axes + self.out_axes,
-      ),
+      param_init(init, self.in_axes + self.out_axes),
       (*x.shape[-n_in:], *self.features),
-      self.param_dtype,
-    )
-    bias = self.param(
-      "bias",
-      param_init(nn.initializers.zeros, self.out_axes),
-      tuple(self.features),
       self.param_dtype,
     )
     y = jax.lax.dot_general(
       x.astype(self.dtype),
       kernel.astype(self.dtype),
       ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())),
+    )
+    if not self.use_bias:
+      return y
+    bias = self.param(
+      "bias",
+      param_init(nn.initializers.zeros, self.out_axes),
+      tuple(self.features),
+      self.param_dtype,
     )
     return y + bias.astype(self.dtype)
 
@@ -106,3 +108,27 @@ def modulation_table(module: nn.Module, name: str, rows: int, dim: int, param_dt
   """Wan's learned AdaLN table [rows, dim] (added to the time embedding), init N(0, 1/dim)."""
   init = lambda key, shape, dtype: jax.random.normal(key, shape, dtype) / dim**0.5
   return module.param(name, param_init(init, (None, "embed")), (rows, dim), param_dtype)
+
+
+def layer_stack(
+  layer: type[nn.Module], num_layers: int, scan: bool, num_args: int, *init_args, name: str
+):
+  """`num_layers` copies of `layer(*init_args)` called as x, *args -> (x, None): one nn.scan with
+  params stacked on a leading 'layers' axis, or unrolled as `{name}_{i}` (same math)."""
+  if scan:
+    return nn.scan(
+      layer,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+      in_axes=(nn.broadcast,) * num_args,
+      length=num_layers,
+      metadata_params={nn.PARTITION_NAME: "layers"},
+    )(*init_args, name=name)
+  layers = [layer(*init_args, name=f"{name}_{i}") for i in range(num_layers)]
+
+  def run(x, *args):
+    for each in layers:
+      x, _ = each(x, *args)
+    return x, None
+
+  return run
