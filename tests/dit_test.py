@@ -64,7 +64,7 @@ def test_full_attention_matches_diffusers(torch_model):
   x, t, ctx = _inputs()
   out = WanDiT(config).apply({"params": _params(config, torch_model)}, x, t, ctx)
   want = ref.run(torch_model, x, t, ctx)
-  # Measured 5e-7 relative (max |out| ~ 10).
+  # Measured 9.2e-7 relative (max abs error 8.1e-6 at max |out| 8.8).
   assert _rel_err(out, want) < 1e-5
 
 
@@ -93,7 +93,7 @@ def test_holocine_attention_matches_released_algorithm(attention):
   shots = layout.make_batch(LAYOUTS, WINDOWS, text_len=T)
   out = WanDiT(config).apply({"params": _params(config, torch_model)}, x, t, ctx, shots)
   want = ref.run(torch_model, x, t, ctx)
-  # Measured ~5e-7 relative for both.
+  # Measured 7.1e-7 (reference), 8.1e-7 (packed), 7.5e-7 (kernel), 1.1e-6 (full + window).
   assert _rel_err(out, want) < 1e-5
   # The shot structure matters: plain full attention without windows differs.
   plain = WanDiT(_config("window=false")).apply({"params": _params(config, torch_model)}, x, t, ctx)
