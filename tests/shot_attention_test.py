@@ -23,7 +23,8 @@ LAYOUTS = {
   "batch_mixed": [(0, 2, 3, 6), (0, 1, 6)],
 }
 IMPLS = {
-  "kernel": lambda q, k, v, s: shot_kernel.shot_attention(q, k, v, s, BLOCKS, interpret=True),
+  "kernel_tpu": lambda q, k, v, s: shot_kernel.shot_attention(q, k, v, s, BLOCKS, True, "tpu"),
+  "kernel_gpu": lambda q, k, v, s: shot_kernel.shot_attention(q, k, v, s, BLOCKS, True, "gpu"),
   "packed": packed.packed_shot_attention,
 }
 # (forward atol, gradient tolerance relative to the gradient's scale)
@@ -81,13 +82,15 @@ def test_full_attention_implementations_agree(impl):
     np.testing.assert_allclose(got, exp, rtol=0, atol=1e-5 * float(jnp.abs(exp).max()))
 
 
-def test_new_cuts_do_not_recompile():
+@pytest.mark.parametrize("backend", ["tpu", "gpu"])
+def test_new_cuts_do_not_recompile(backend):
   traces = []
 
   @jax.jit
   def loss_and_grads(q, k, v, shots):
     traces.append(1)
-    loss = lambda q, k, v: jnp.sum(shot_kernel.shot_attention(q, k, v, shots, BLOCKS, True) ** 2)
+    attend = lambda q, k, v: shot_kernel.shot_attention(q, k, v, shots, BLOCKS, True, backend)
+    loss = lambda q, k, v: jnp.sum(attend(q, k, v) ** 2)
     return jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
 
   cuts = [[(0, 2, 3, 7)], [(0, 4, 5, 7)], [(0, 1, 7)], [(0, 7)]]
@@ -118,6 +121,8 @@ def test_bad_inputs():
     shot_kernel.shot_attention(q[:, :25], k[:, :25], v[:, :25], shots, BLOCKS, True)
   with pytest.raises(ValueError, match="float32 or bfloat16"):
     shot_kernel.shot_attention(q.astype(jnp.float16), k, v, shots, BLOCKS, True)
+  with pytest.raises(ValueError, match="unknown kernel backend"):
+    shot_kernel.shot_attention(q, k, v, shots, BLOCKS, True, "cuda")
   with pytest.raises(ValueError, match="unknown attention implementation"):
     attention.self_attention(q, k, v, mode="sparse", shots=shots, impl="flash")
   with pytest.raises(layout.LayoutError, match="max_shot_frames=4"):

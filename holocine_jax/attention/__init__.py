@@ -1,9 +1,9 @@
 """One entry point for the DiT's attention: picks the implementation by mode, config, backend.
 
 Sparse implementations: "reference" (dense masked oracle), "packed" (portable XLA, shots packed
-into fixed slots), "kernel" (Pallas block-sparse flash kernel; interpret mode on CPU). "auto"
-takes the kernel on TPU and the packed path elsewhere (the kernel is written for Mosaic; it has
-no Triton lowering yet). Full attention: "kernel" runs the same kernel on a one-shot layout
+into fixed slots), "kernel" (Pallas block-sparse flash kernel: Mosaic grid style on TPU, Triton
+loop style on GPU, interpret mode on CPU). "auto" takes the kernel on TPU and the packed path
+elsewhere (the GPU kernel is only validated in interpret mode so far). Full attention: "kernel" runs the same kernel on a one-shot layout
 (flash attention), "reference" the oracle, anything else `jax.nn.dot_product_attention` (XLA;
 cuDNN on GPU where it applies).
 

@@ -1,0 +1,250 @@
+"""TPU (Mosaic) style pallas_calls of the shot kernel: grid (B, H, blocks, steps).
+
+The last grid axis walks a q block's kv blocks (forward, dq) or a kv block's q blocks (dkv);
+block indices come from scalar-prefetched tables, so skipped steps re-use the resident block
+(no copy) and do no compute. Online-softmax state lives in VMEM scratch.
+Legend: B batch, H heads, Lp padded tokens, K head dim.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from holocine_jax.attention import shot_math as sm
+
+
+def _fwd_kernel(
+  lo_ref,
+  cnt_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  qid_ref,
+  kvid_ref,
+  o_ref,
+  lse_ref,
+  m_scr,
+  l_scr,
+  acc_scr,
+  *,
+  st: sm.Static,
+):
+  b, i, s = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+
+  @pl.when(s == 0)
+  def _init():
+    m_scr[...], l_scr[...], acc_scr[...] = sm.init_state(*acc_scr.shape)
+
+  @pl.when((s < cnt_ref[b, i]) | (s >= st.kv_steps))
+  def _step():
+    m_scr[...], l_scr[...], acc_scr[...] = sm.online_update(
+      (m_scr[...], l_scr[...], acc_scr[...]),
+      q_ref[...],
+      k_ref[...],
+      v_ref[...],
+      qid_ref[...],
+      kvid_ref[...],
+      st.scale,
+    )
+
+  @pl.when(s == st.kv_steps + st.num_tail_blocks - 1)
+  def _finish():
+    out, lse_ref[...] = sm.finish((m_scr[...], l_scr[...], acc_scr[...]))
+    o_ref[...] = out.astype(o_ref.dtype)
+
+
+def _dq_kernel(
+  lo_ref,
+  cnt_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  qid_ref,
+  kvid_ref,
+  dq_ref,
+  dq_scr,
+  *,
+  st: sm.Static,
+):
+  b, i, s = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+
+  @pl.when(s == 0)
+  def _init():
+    dq_scr[...] = jnp.zeros(dq_scr.shape, jnp.float32)
+
+  @pl.when((s < cnt_ref[b, i]) | (s >= st.kv_steps))
+  def _step():
+    _, ds = sm.probs_and_dscores(
+      q_ref[...],
+      k_ref[...],
+      v_ref[...],
+      do_ref[...],
+      lse_ref[...],
+      delta_ref[...],
+      qid_ref[...],
+      kvid_ref[...],
+      st.scale,
+    )
+    dq_scr[...] = sm.dq_update(dq_scr[...], ds, k_ref[...], st.scale)
+
+  @pl.when(s == st.kv_steps + st.num_tail_blocks - 1)
+  def _finish():
+    dq_ref[...] = dq_scr[...].astype(dq_ref.dtype)
+
+
+def _dkv_kernel(
+  lo_ref,
+  cnt_ref,
+  q_ref,
+  k_ref,
+  v_ref,
+  do_ref,
+  lse_ref,
+  delta_ref,
+  qid_ref,
+  kvid_ref,
+  dk_ref,
+  dv_ref,
+  dk_scr,
+  dv_scr,
+  *,
+  st: sm.Static,
+  steps: int,
+):
+  b, j, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+
+  @pl.when(t == 0)
+  def _init():
+    dk_scr[...] = jnp.zeros(dk_scr.shape, jnp.float32)
+    dv_scr[...] = jnp.zeros(dv_scr.shape, jnp.float32)
+
+  @pl.when(t < cnt_ref[b, j])
+  def _step():
+    p, ds = sm.probs_and_dscores(
+      q_ref[...],
+      k_ref[...],
+      v_ref[...],
+      do_ref[...],
+      lse_ref[...],
+      delta_ref[...],
+      qid_ref[...],
+      kvid_ref[...],
+      st.scale,
+    )
+    dk_scr[...], dv_scr[...] = sm.dkv_update(
+      dk_scr[...], dv_scr[...], p, ds, q_ref[...], do_ref[...], st.scale
+    )
+
+  @pl.when(t == steps - 1)
+  def _finish():
+    dk_ref[...] = dk_scr[...].astype(dk_ref.dtype)
+    dv_ref[...] = dv_scr[...].astype(dv_ref.dtype)
+
+
+def _q_major_specs(st: sm.Static, head_dim: int, num_token_blocks: int):
+  """BlockSpecs on the (b, h, q block i, kv step s) grid of the forward and dq kernels."""
+
+  def kv_block(b, i, s, lo_ref, cnt_ref):
+    # Steps past a q block's range re-use its last block (no new copy) and skip compute.
+    token = lo_ref[b, i] + jnp.minimum(s, jnp.maximum(cnt_ref[b, i] - 1, 0))
+    return jnp.where(s < st.kv_steps, token, num_token_blocks + s - st.kv_steps)
+
+  return dict(
+    q=pl.BlockSpec((None, None, st.block_q, head_dim), lambda b, h, i, s, *_: (b, h, i, 0)),
+    kv=pl.BlockSpec(
+      (None, None, st.block_kv, head_dim), lambda b, h, i, s, *t: (b, h, kv_block(b, i, s, *t), 0)
+    ),
+    row=pl.BlockSpec((None, None, st.block_q), lambda b, h, i, s, *_: (b, h, i)),
+    qid=pl.BlockSpec((None, st.block_q), lambda b, h, i, s, *_: (b, i)),
+    kvid=pl.BlockSpec((None, st.block_kv), lambda b, h, i, s, *t: (b, kv_block(b, i, s, *t))),
+  )
+
+
+def _kv_major_specs(st: sm.Static, head_dim: int):
+  """BlockSpecs on the (b, h, kv block j, q step t) grid of the dkv kernel."""
+
+  def q_block(b, j, t, lo_ref, cnt_ref):
+    return lo_ref[b, j] + jnp.minimum(t, jnp.maximum(cnt_ref[b, j] - 1, 0))
+
+  return dict(
+    q=pl.BlockSpec(
+      (None, None, st.block_q, head_dim), lambda b, h, j, t, *r: (b, h, q_block(b, j, t, *r), 0)
+    ),
+    kv=pl.BlockSpec((None, None, st.block_kv, head_dim), lambda b, h, j, t, *_: (b, h, j, 0)),
+    row=pl.BlockSpec((None, None, st.block_q), lambda b, h, j, t, *r: (b, h, q_block(b, j, t, *r))),
+    qid=pl.BlockSpec((None, st.block_q), lambda b, h, j, t, *r: (b, q_block(b, j, t, *r))),
+    kvid=pl.BlockSpec((None, st.block_kv), lambda b, h, j, t, *_: (b, j)),
+  )
+
+
+def _call(kernel, grid, in_specs, out_specs, scratch, out_shape, st: sm.Static):
+  """pallas_call with two scalar-prefetched block tables; the last grid axis accumulates."""
+  return pl.pallas_call(
+    kernel,
+    grid_spec=pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=2,
+      grid=grid,
+      in_specs=in_specs,
+      out_specs=out_specs,
+      scratch_shapes=scratch,
+    ),
+    out_shape=out_shape,
+    compiler_params=pltpu.CompilerParams(
+      dimension_semantics=("parallel",) * (len(grid) - 1) + ("arbitrary",)
+    ),
+    interpret=st.interpret,
+  )
+
+
+def forward(q, k, v, qid, kvid, lo, cnt, st: sm.Static):
+  """(out [B, H, Lp, K], lse [B, H, Lp])."""
+  b, h, lp, d = q.shape
+  sp = _q_major_specs(st, d, lp // st.block_kv)
+  return _call(
+    functools.partial(_fwd_kernel, st=st),
+    (b, h, lp // st.block_q, st.kv_steps + st.num_tail_blocks),
+    [sp["q"], sp["kv"], sp["kv"], sp["qid"], sp["kvid"]],
+    [sp["q"], sp["row"]],
+    [
+      pltpu.VMEM((st.block_q, 1), jnp.float32),
+      pltpu.VMEM((st.block_q, 1), jnp.float32),
+      pltpu.VMEM((st.block_q, d), jnp.float32),
+    ],
+    [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lp), jnp.float32)],
+    st,
+  )(lo, cnt, q, k, v, qid, kvid)
+
+
+def dq(q, k, v, do, lse, delta, qid, kvid, lo, cnt, st: sm.Static):
+  b, h, lp, d = q.shape
+  sp = _q_major_specs(st, d, lp // st.block_kv)
+  return _call(
+    functools.partial(_dq_kernel, st=st),
+    (b, h, lp // st.block_q, st.kv_steps + st.num_tail_blocks),
+    [sp["q"], sp["kv"], sp["kv"], sp["q"], sp["row"], sp["row"], sp["qid"], sp["kvid"]],
+    sp["q"],
+    [pltpu.VMEM((st.block_q, d), jnp.float32)],
+    jax.ShapeDtypeStruct(q.shape, q.dtype),
+    st,
+  )(lo, cnt, q, k, v, do, lse, delta, qid, kvid)
+
+
+def dkv(q, k, v, do, lse, delta, qid, kvid, q_lo, q_cnt, steps: int, st: sm.Static):
+  """dk, dv for the kv blocks of `k` / `v`, each visiting q blocks [q_lo, q_lo + q_cnt)."""
+  b, h, _, d = q.shape
+  sp = _kv_major_specs(st, d)
+  return _call(
+    functools.partial(_dkv_kernel, st=st, steps=steps),
+    (b, h, k.shape[2] // st.block_kv, steps),
+    [sp["q"], sp["kv"], sp["kv"], sp["q"], sp["row"], sp["row"], sp["qid"], sp["kvid"]],
+    [sp["kv"], sp["kv"]],
+    [pltpu.VMEM((st.block_kv, d), jnp.float32)] * 2,
+    [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    st,
+  )(q_lo, q_cnt, q, k, v, do, lse, delta, qid, kvid)

@@ -1,0 +1,99 @@
+"""Block-level math shared by the TPU- and GPU-style shot kernels (arrays in, arrays out).
+
+Shot ids say who sees whom: a query sees a key of its own shot (real tokens, id >= 0) and every
+valid summary slot (SUMMARY_ID). Online-softmax state is (m, l, acc) with m, l as [Q, 1].
+Legend: Q query block, V kv block, K head dim.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SUMMARY_ID = -1  # tail slot every query may see
+INVALID_ID = -2  # padding: a tail slot of a missing shot, or a token past L
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+_CONTRACT_LAST = (((1,), (1,)), ((), ()))
+_CONTRACT_FIRST = (((0,), (0,)), ((), ()))
+
+
+def visible(qid_Q, kvid_V):
+  """[Q, V] bool: same shot (real tokens) or a valid summary slot."""
+  q, kv = qid_Q[:, None], kvid_V[None, :]
+  return ((q == kv) & (kv >= 0)) | (kv == SUMMARY_ID)
+
+
+def scores(q_QxK, k_VxK, scale: float):
+  return (
+    jax.lax.dot_general(q_QxK, k_VxK, _CONTRACT_LAST, preferred_element_type=jnp.float32) * scale
+  )
+
+
+def init_state(block_q: int, head_dim: int):
+  return (
+    jnp.full((block_q, 1), MASK_VALUE, jnp.float32),
+    jnp.zeros((block_q, 1), jnp.float32),
+    jnp.zeros((block_q, head_dim), jnp.float32),
+  )
+
+
+def online_update(state, q_QxK, k_VxK, v_VxK, qid_Q, kvid_V, scale: float):
+  """One kv block of flash attention: rescale (m, l, acc) and add the block's contribution."""
+  m_Qx1, l_Qx1, acc_QxK = state
+  vis_QxV = visible(qid_Q, kvid_V)
+  logits_QxV = jnp.where(vis_QxV, scores(q_QxK, k_VxK, scale), MASK_VALUE)
+  m_new_Qx1 = jnp.maximum(m_Qx1, logits_QxV.max(-1, keepdims=True))
+  p_QxV = jnp.where(vis_QxV, jnp.exp(logits_QxV - m_new_Qx1), 0.0)
+  alpha_Qx1 = jnp.exp(m_Qx1 - m_new_Qx1)
+  acc_QxK = alpha_Qx1 * acc_QxK + jnp.dot(
+    p_QxV.astype(v_VxK.dtype), v_VxK, preferred_element_type=jnp.float32
+  )
+  return m_new_Qx1, alpha_Qx1 * l_Qx1 + p_QxV.sum(-1, keepdims=True), acc_QxK
+
+
+def finish(state):
+  """(out [Q, K] fp32, log-sum-exp [Q]) from the final state; rows that saw nothing give 0."""
+  m_Qx1, l_Qx1, acc_QxK = state
+  safe_Qx1 = jnp.where(l_Qx1 == 0.0, 1.0, l_Qx1)
+  return acc_QxK / safe_Qx1, (m_Qx1 + jnp.log(safe_Qx1))[:, 0]
+
+
+def probs_and_dscores(q_QxK, k_VxK, v_VxK, do_QxK, lse_Q, delta_Q, qid_Q, kvid_V, scale: float):
+  """Recomputed probabilities p and score gradients ds = p * (dO.V^T - delta), both [Q, V]."""
+  p_QxV = jnp.where(
+    visible(qid_Q, kvid_V), jnp.exp(scores(q_QxK, k_VxK, scale) - lse_Q[:, None]), 0.0
+  )
+  dp_QxV = jax.lax.dot_general(do_QxK, v_VxK, _CONTRACT_LAST, preferred_element_type=jnp.float32)
+  return p_QxV, p_QxV * (dp_QxV - delta_Q[:, None])
+
+
+def dq_update(dq_QxK, ds_QxV, k_VxK, scale: float):
+  return dq_QxK + scale * jnp.dot(
+    ds_QxV.astype(k_VxK.dtype), k_VxK, preferred_element_type=jnp.float32
+  )
+
+
+def dkv_update(dk_VxK, dv_VxK, p_QxV, ds_QxV, q_QxK, do_QxK, scale: float):
+  dv_VxK = dv_VxK + jax.lax.dot_general(
+    p_QxV.astype(do_QxK.dtype), do_QxK, _CONTRACT_FIRST, preferred_element_type=jnp.float32
+  )
+  dk_VxK = dk_VxK + scale * jax.lax.dot_general(
+    ds_QxV.astype(q_QxK.dtype), q_QxK, _CONTRACT_FIRST, preferred_element_type=jnp.float32
+  )
+  return dk_VxK, dv_VxK
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+  """Everything shape-like the kernels close over (hashable: part of the jit cache key)."""
+
+  block_q: int
+  block_kv: int
+  kv_steps: int  # static bound on token kv blocks one q block visits
+  q_steps: int  # static bound on q blocks one token kv block is visited by
+  num_tail_blocks: int
+  scale: float
+  interpret: bool
+  backend: str  # "tpu" (Mosaic grid style; also CPU interpret) | "gpu" (Triton loop style)
