@@ -1,0 +1,1 @@
+"""Sampling: flow-matching schedulers, classifier-free guidance with two experts, batch jobs."""
