@@ -9,6 +9,8 @@ checks every key and shape against the target's abstract params and names what i
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import re
 from collections.abc import Iterable, Mapping
 
@@ -20,19 +22,23 @@ class KeyMapError(ValueError):
   """A checkpoint that does not match the model: missing, unexpected or mis-shaped keys."""
 
 
-def _linear(w: np.ndarray) -> np.ndarray:
-  """torch Linear weight [out, in] -> [in, out]."""
-  if w.ndim != 2:
-    raise KeyMapError(f"linear weight must be 2-D, got shape {w.shape}")
-  return w.T
+def _perm(transform: str, ndim: int) -> tuple[int, ...]:
+  """Source axes in transformed order: linear [out, in] -> [in, out]; conv [out, in, *k] ->
+  [*k, in, out]; reshape keeps the order."""
+  if transform == "linear":
+    if ndim != 2:
+      raise KeyMapError(f"linear weight must be 2-D, got {ndim} dims")
+    return (1, 0)
+  if transform == "conv":
+    return (*range(2, ndim), 1, 0)
+  return tuple(range(ndim))
 
 
-def _conv(w: np.ndarray) -> np.ndarray:
-  """torch ConvNd weight [out, in, *kernel] -> [*kernel, in, out]."""
-  return np.transpose(w, (*range(2, w.ndim), 1, 0))
+def _transform(name: str, w: np.ndarray) -> np.ndarray:
+  return np.transpose(w, _perm(name, np.ndim(w)))
 
 
-TRANSFORMS = {"linear": _linear, "conv": _conv, "reshape": lambda w: w}
+TRANSFORMS = {name: functools.partial(_transform, name) for name in ("linear", "conv", "reshape")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +63,143 @@ def match(rules: Iterable[Rule], key: str) -> tuple[str, int | None, str] | None
   return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One source tensor feeding a target parameter (a whole param, or layer `layer` of a stack)."""
+
+  key: str
+  transform: str
+  layer: int | None = None
+
+
+def plan(
+  shapes: Mapping[str, tuple[int, ...]],
+  rules: Iterable[Rule],
+  target,
+  *,
+  ignore: Iterable[str] = (),
+  config_hint: str = "",
+) -> dict[str, tuple[Source, ...]]:
+  """{target path: its sources (one, or one per layer in order)} from source key shapes only.
+
+  Nothing is read: shapes are checked against `target` (a tree of ShapeDtypeStruct). Raises
+  KeyMapError naming unexpected keys, missing parameters (or scanned layers) and shape
+  mismatches (expected vs got), with `config_hint` telling which config should fit.
+  """
+  rules = tuple(rules)
+  flat_target = {"/".join(k): v for k, v in traverse_util.flatten_dict(target).items()}
+  whole: dict[str, Source] = {}
+  layers: dict[str, dict[int, Source]] = {}
+  unexpected, problems = [], []
+  for key, src_shape in shapes.items():
+    if any(re.fullmatch(p, key) for p in ignore):
+      continue
+    hit = match(rules, key)
+    if hit is None or hit[0] not in flat_target:
+      unexpected.append(key)
+      continue
+    path, layer, transform = hit
+    spec = flat_target[path]
+    shape = spec.shape if layer is None else spec.shape[1:]
+    if transform == "linear" and len(src_shape) != 2:
+      problems.append(f"{key}: linear weight must be 2-D, got shape {tuple(src_shape)}")
+    elif math.prod(src_shape) != math.prod(shape):
+      problems.append(f"{key} -> {path}: expected {tuple(shape)}, got {tuple(src_shape)}")
+    elif layer is None:
+      whole.setdefault(path, Source(key, transform))  # tied duplicates: the first one serves
+    elif layer >= spec.shape[0]:
+      problems.append(f"{key}: layer {layer} but the model has {spec.shape[0]} layers")
+    else:
+      layers.setdefault(path, {})[layer] = Source(key, transform, layer)
+  missing = [path for path in flat_target if path not in whole and path not in layers]
+  for path, got in layers.items():
+    absent = sorted(set(range(flat_target[path].shape[0])) - set(got))
+    if absent:
+      missing.append(f"{path} layers {absent}")
+  hint = f" (is this checkpoint for config {config_hint}?)" if config_hint else ""
+  errors = []
+  if problems:
+    errors.append("shape mismatch: " + "; ".join(problems))
+  if missing:
+    errors.append(f"missing parameters: {missing}")
+  if unexpected:
+    errors.append(f"unexpected checkpoint keys: {unexpected}")
+  if errors:
+    raise KeyMapError(" | ".join(errors) + hint)
+  out = {path: (src,) for path, src in whole.items()}
+  out.update({path: tuple(got[i] for i in sorted(got)) for path, got in layers.items()})
+  return {path: out[path] for path in flat_target}
+
+
+def _groups(x_shape, t_shape) -> list[tuple[list[int], list[int]]]:
+  """Pairs of (transformed dims, target dims) that one row-major reshape merges or splits."""
+  groups, i, j = [], 0, 0
+  while i < len(x_shape) or j < len(t_shape):
+    gi, gj = [], []
+    px = pt = 1
+    while not gi or not gj or px != pt:
+      if (px <= pt or j == len(t_shape)) and i < len(x_shape):
+        px *= x_shape[i]
+        gi.append(i)
+        i += 1
+      else:
+        pt *= t_shape[j]
+        gj.append(j)
+        j += 1
+    while i < len(x_shape) and x_shape[i] == 1 and (j == len(t_shape) or t_shape[j] != 1):
+      gi.append(i)  # trailing size-1 dims join the group they follow
+      i += 1
+    groups.append((gi, gj))
+  return groups
+
+
+def read(src, transform: str, shape, index, dtype) -> np.ndarray:
+  """`transform(src).reshape(shape)[index]` as `dtype`, reading only (about) what `index` needs.
+
+  `src` may be a lazy (memory-mapped) array: a target range on the first dim of a split group
+  (e.g. heads of [D, H, K] from [H*K, D]) reads exactly its rows; merged dims are read whole.
+  """
+  perm = _perm(transform, src.ndim)
+  x_shape = tuple(src.shape[p] for p in perm)
+  index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+  bounds = [sl.indices(n)[:2] for sl, n in zip(index, shape, strict=True)]
+  x_index, block_shape, rest = [slice(None)] * len(x_shape), [], []
+  for gi, gj in _groups(x_shape, shape):
+    if len(gi) == 1 and gj:
+      inner = math.prod(shape[j] for j in gj[1:])
+      start, stop = bounds[gj[0]]
+      x_index[gi[0]] = slice(start * inner, stop * inner)
+      block_shape += [stop - start, *(shape[j] for j in gj[1:])]
+      rest += [slice(None), *(slice(*bounds[j]) for j in gj[1:])]
+    else:
+      block_shape += [shape[j] for j in gj]
+      rest += [slice(*bounds[j]) for j in gj]
+  src_index = [slice(None)] * src.ndim
+  for k, p in enumerate(perm):
+    src_index[p] = x_index[k]
+  block = np.asarray(src[tuple(src_index)]).transpose(perm).reshape(block_shape)
+  return block[tuple(rest)].astype(dtype)
+
+
+def read_param(tensors: Mapping[str, np.ndarray], sources, spec, index=()) -> np.ndarray:
+  """The slice `index` of one target parameter (ShapeDtypeStruct `spec`) from its sources."""
+  if sources[0].layer is None:
+    src = sources[0]
+    return read(tensors[src.key], src.transform, spec.shape, index, spec.dtype)
+  index = tuple(index) or (slice(None),)
+  inner = spec.shape[1:]
+  picked = sources[index[0]]
+  out = np.empty((len(picked), *_sliced_shape(inner, index[1:])), spec.dtype)
+  for n, src in enumerate(picked):
+    out[n] = read(tensors[src.key], src.transform, inner, index[1:], spec.dtype)
+  return out
+
+
+def _sliced_shape(shape, index) -> tuple[int, ...]:
+  index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+  return tuple(len(range(*sl.indices(n))) for sl, n in zip(index, shape, strict=True))
+
+
 def convert(
   state: Mapping[str, np.ndarray],
   rules: Iterable[Rule],
@@ -70,49 +213,8 @@ def convert(
   Raises KeyMapError naming unexpected keys, missing parameters (or scanned layers) and shape
   mismatches (expected vs got), with `config_hint` telling which config should fit.
   """
-  rules = tuple(rules)
+  shapes = {key: np.shape(value) for key, value in state.items()}
+  sources = plan(shapes, rules, target, ignore=ignore, config_hint=config_hint)
   flat_target = {"/".join(k): v for k, v in traverse_util.flatten_dict(target).items()}
-  out: dict[str, np.ndarray] = {}
-  layers_filled: dict[str, set[int]] = {}
-  unexpected, problems = [], []
-  for key, value in state.items():
-    if any(re.fullmatch(p, key) for p in ignore):
-      continue
-    hit = match(rules, key)
-    if hit is None or hit[0] not in flat_target:
-      unexpected.append(key)
-      continue
-    path, layer, transform = hit
-    spec = flat_target[path]
-    shape = spec.shape if layer is None else spec.shape[1:]
-    arr = TRANSFORMS[transform](np.asarray(value))
-    if arr.size != int(np.prod(shape)):
-      problems.append(f"{key} -> {path}: expected {tuple(shape)}, got {tuple(np.shape(value))}")
-      continue
-    arr = arr.reshape(shape).astype(spec.dtype)
-    if layer is None:
-      out[path] = arr
-      continue
-    if layer >= spec.shape[0]:
-      problems.append(f"{key}: layer {layer} but the model has {spec.shape[0]} layers")
-      continue
-    if path not in out:
-      out[path] = np.zeros(spec.shape, spec.dtype)
-    out[path][layer] = arr
-    layers_filled.setdefault(path, set()).add(layer)
-  missing = [path for path in flat_target if path not in out]
-  for path, got in layers_filled.items():
-    absent = sorted(set(range(flat_target[path].shape[0])) - got)
-    if absent:
-      missing.append(f"{path} layers {absent}")
-  hint = f" (is this checkpoint for config {config_hint}?)" if config_hint else ""
-  errors = []
-  if problems:
-    errors.append("shape mismatch: " + "; ".join(problems))
-  if missing:
-    errors.append(f"missing parameters: {missing}")
-  if unexpected:
-    errors.append(f"unexpected checkpoint keys: {unexpected}")
-  if errors:
-    raise KeyMapError(" | ".join(errors) + hint)
+  out = {path: read_param(state, srcs, flat_target[path]) for path, srcs in sources.items()}
   return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in out.items()})
