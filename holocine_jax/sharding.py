@@ -87,6 +87,17 @@ def activate(mesh: jax.sharding.Mesh, rules):
     yield
 
 
+def batch_axes(rules) -> tuple[str, ...]:
+  """Mesh axes the batch ('act_batch') is split over under `rules`."""
+  axes = nn.logical_to_mesh_axes(("act_batch",), logical_rules(rules))[0]
+  return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
+def batch_shards(mesh: jax.sharding.Mesh, rules) -> int:
+  """How many ways the batch is split on `mesh` (global batch sizes must be multiples)."""
+  return math.prod(mesh.shape[a] for a in batch_axes(rules))
+
+
 def logical_specs(boxed_tree):
   """Logical PartitionSpecs of a tree of boxed (LogicallyPartitioned) values."""
   return nn.get_partition_spec(boxed_tree)

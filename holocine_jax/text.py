@@ -30,6 +30,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, normalizers, pre_tokenizers, processors
 
+from holocine_jax import sharding
 from holocine_jax.layout import TextWindows
 from holocine_jax.model import umt5
 from holocine_jax.scene import CUT_MARKER, GLOBAL_MARKER, SHOTS_MARKER, Scene
@@ -332,7 +333,7 @@ class PromptEncoder:
     self.text_len = text_len
     shardings = umt5.param_shardings(config, mesh, rules) if shardings is None else shardings
     self._encode = umt5.make_encode_fn(config, mesh, rules, shardings)
-    self._batch_multiple = umt5.batch_shards(mesh, rules)
+    self._batch_multiple = sharding.batch_shards(mesh, rules)
 
   def encode(self, prompts: Sequence[Scene | str], *, truncate: bool = False) -> EncodedText:
     """[B, T, D] context + windows (None for plain strings), B = len(prompts)."""

@@ -3,9 +3,9 @@
 Sparse implementations: "reference" (dense masked oracle), "packed" (portable XLA, shots packed
 into fixed slots), "kernel" (Pallas block-sparse flash kernel: Mosaic grid style on TPU, Triton
 loop style on GPU, interpret mode on CPU). "auto" takes the kernel on TPU and the packed path
-elsewhere (the GPU kernel is only validated in interpret mode so far). Full attention: "kernel" runs the same kernel on a one-shot layout
-(flash attention), "reference" the oracle, anything else `jax.nn.dot_product_attention` (XLA;
-cuDNN on GPU where it applies).
+elsewhere (the GPU kernel is only validated in interpret mode so far). Full attention: "kernel"
+runs the same kernel on a one-shot layout (flash attention), "reference" the oracle, anything
+else `jax.nn.dot_product_attention` (XLA; cuDNN on GPU where it applies).
 
 Under a mesh the kernel runs in `shard_map` with batch split as `act_batch` and heads split over
 the `act_heads` axes plus any `act_length` (context) axes: a sequence-sharded input is thus

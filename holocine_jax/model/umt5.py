@@ -292,10 +292,3 @@ def make_encode_fn(config: UMT5Config, mesh, rules, shardings):
 
   call.jitted = jitted
   return call
-
-
-def batch_shards(mesh, rules) -> int:
-  """How many ways the 'act_batch' axis is split on `mesh` (batch sizes must be multiples)."""
-  axes = nn.logical_to_mesh_axes(("act_batch",), sharding.logical_rules(rules))[0]
-  names = (axes,) if isinstance(axes, str) else (axes or ())
-  return math.prod(mesh.shape[a] for a in names)
