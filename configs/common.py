@@ -37,3 +37,24 @@ def holocine_switches(a: ml_collections.ConfigDict) -> dict:
     remat_policy=a.remat,
   )
 
+
+# Wan's standard negative prompt (HoloCine samples with it too).
+WAN_NEGATIVE_PROMPT = (
+  "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+  "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+  "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+
+
+def sampler(**overrides) -> ml_collections.ConfigDict:
+  """HoloCine's sampler: flow Euler, shift 5, 50 steps, CFG 5 on both experts."""
+  base = dict(
+    scheduler="euler",
+    num_steps=50,
+    shift=5.0,
+    boundary=0.875,
+    guidance_high=5.0,
+    guidance_low=5.0,
+  )
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)

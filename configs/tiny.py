@@ -96,4 +96,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.distributed = ml_collections.ConfigDict(
     dict(initialize=False, coordinator_address="", num_processes=0, process_id=-1)
   )
+  config.sampler = common.sampler(num_steps=8)
+  config.sample = ml_collections.ConfigDict(
+    dict(
+      height=64,  # 8x8 latents, as the synthetic training data
+      width=64,
+      fps=15,
+      seed=0,
+      negative_prompt="blurry, static",
+      text_encoder="toy",  # the synthetic data's word embedding: no tokenizer or weights
+      tokenizer="",
+      text_len=32,
+      decoder="latent_rgb",  # synthetic latents are drawn in latent space: preview, no VAE
+      max_shots=3,
+      max_shot_frames=0,  # 0: the whole clip
+    )
+  )
   return config

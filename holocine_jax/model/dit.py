@@ -5,6 +5,7 @@ velocity [B, F, H, W, C]. Legend: B batch, L video tokens, T text tokens, E text
 D model dim, P patch volume * channels.
 """
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -112,6 +113,16 @@ class WanDiT(nn.Module):
     if c.remat_policy != "none":
       block = nn.remat(block, policy=_REMAT_POLICIES[c.remat_policy], prevent_cse=not c.scan_layers)
     return layer_stack(block, c.num_layers, c.scan_layers, 4, c, name="blocks")
+
+
+def init_fn(config: DiTConfig):
+  """key -> boxed {'params': ...}. The parameter tree depends on neither the attention mode nor
+  the input size, so a 1-token dummy with full attention initialises every variant."""
+  model = WanDiT(dataclasses.replace(config, self_attention="full"))
+  pt, ph, pw = config.patch_size
+  latents = jnp.zeros((1, pt, ph, pw, config.in_channels))
+  context = jnp.zeros((1, 1, config.text_dim))
+  return lambda key: model.init(key, latents, jnp.zeros((1,)), context)
 
 
 def _check_inputs(c: DiTConfig, latents, timestep, context, shots):

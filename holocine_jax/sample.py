@@ -1,0 +1,173 @@
+"""Batch offline sampling: a JSONL file of scenes in, one mp4 + JSON sidecar per scene out.
+
+  python -m holocine_jax.sample --config configs/holocine_a14b.py:attention=sparse \
+      --checkpoint /data/holocine_sparse --tokenizer /data/umt5-xxl --scenes scenes.jsonl --out out/
+  python -m holocine_jax.sample --config configs/tiny.py --random_init --scenes s.jsonl --out out/
+
+`--checkpoint` is a directory written by `python -m holocine_jax.convert` (components `high`,
+`low`, `text_encoder`, `vae`). Rerunning skips finished scenes; a bad line is reported with its
+line number and skipped. See sampling/requests.py for the line format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import jax
+
+from holocine_jax import config_file, convert, sharding, text, video
+from holocine_jax.model import dit, vae
+from holocine_jax.model.config import DiTConfig
+from holocine_jax.model.dit import WanDiT
+from holocine_jax.sampling import generator, job, requests, text_backends
+from holocine_jax.sampling.pipeline import SamplerConfig
+
+_ARCHITECTURE = (
+  "dim",
+  "num_layers",
+  "num_heads",
+  "ffn_dim",
+  "freq_dim",
+  "text_dim",
+  "in_channels",
+  "out_channels",
+  "patch_size",
+)
+
+
+def _experts(model: WanDiT, config, checkpoint: str | None, random_init: bool, mesh, rules):
+  """(params_high, params_low or None) from a converted checkpoint or a random init."""
+  if checkpoint:
+    found = convert.info(checkpoint)["components"]
+    experts = []
+    for name in ("high", "low"):
+      if name not in found:
+        experts.append(None)
+        continue
+      _, stored = convert.component_config(checkpoint, name)
+      for field in _ARCHITECTURE:
+        if getattr(stored, field) != getattr(model.config, field):
+          raise ValueError(
+            f"{checkpoint}/{name} was converted with {field}={getattr(stored, field)} but the "
+            f"config has {getattr(model.config, field)}; use the config it was converted with"
+          )
+      experts.append({"params": convert.load(checkpoint, name, mesh, rules)})
+    if experts[0] is None:
+      raise FileNotFoundError(f"{checkpoint} has no 'high' (or single) expert; it has {found}")
+    return experts[0], experts[1]
+  if not random_init:
+    raise ValueError("give --checkpoint (a converted directory) or --random_init (smoke tests)")
+  init = dit.init_fn(model.config)
+  params, _ = sharding.init_sharded(init, mesh, rules, jax.random.key(config.sample.seed))
+  return params, None
+
+
+def _text(config, checkpoint, tokenizer, mesh, rules):
+  s = config.sample
+  if s.text_encoder == "toy":
+    return text_backends.ToyText(config.model["text_dim"], s.text_len)
+  if not checkpoint:
+    raise ValueError("the umt5 text encoder needs --checkpoint with a 'text_encoder' component")
+  _, umt5_config = convert.component_config(checkpoint, "text_encoder")
+  return text.PromptEncoder(
+    text.Tokenizer.from_path(tokenizer or s.tokenizer),
+    umt5_config,
+    convert.load(checkpoint, "text_encoder", mesh, rules),
+    mesh,
+    rules,
+    text_len=s.text_len,
+  )
+
+
+def _decoder(config, checkpoint, mesh, rules):
+  if config.sample.decoder == "latent_rgb":
+    return generator.latent_preview
+  if not checkpoint:
+    raise ValueError("the VAE decoder needs --checkpoint with a 'vae' component")
+  _, vae_config = convert.component_config(checkpoint, "vae")
+  params = convert.load(checkpoint, "vae", mesh, rules)
+  decode = jax.jit(lambda z: video.to_uint8(vae.decode(params, z, vae_config)))
+  return lambda latents, num_frames, height, width: decode(latents)
+
+
+def build(config, *, checkpoint=None, tokenizer=None, random_init=False) -> generator.Generator:
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.logical_rules(config.logical_rules)
+  model = WanDiT(DiTConfig.from_config(config.model))
+  high, low = _experts(model, config, checkpoint, random_init, mesh, rules)
+  s = config.sample
+  return generator.Generator(
+    model=model,
+    sampler=SamplerConfig.from_config(config.sampler),
+    params_high=high,
+    params_low=low,
+    text=_text(config, checkpoint, tokenizer, mesh, rules),
+    decode=_decoder(config, checkpoint, mesh, rules),
+    mesh=mesh,
+    rules=rules,
+    max_shots=s.max_shots,
+    max_shot_frames=s.max_shot_frames or None,
+    text_len=s.text_len,
+  )
+
+
+def main(argv=None) -> job.JobReport:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--config", required=True, help="config file[:arg]")
+  parser.add_argument("--scenes", required=True, help="JSONL file, one scene per line")
+  parser.add_argument("--out", required=True, help="output directory")
+  parser.add_argument("--checkpoint", default=None, help="directory from holocine_jax.convert")
+  parser.add_argument("--tokenizer", default=None, help="umT5 tokenizer.json / spiece.model")
+  parser.add_argument("--random_init", action="store_true", help="random weights (smoke runs)")
+  parser.add_argument("--set", action="append", default=[], help="config override key=value")
+  parser.add_argument("--no_progress", action="store_true")
+  args = parser.parse_args(argv)
+  config = config_file.load(args.config, args.set)
+  gen = build(
+    config, checkpoint=args.checkpoint, tokenizer=args.tokenizer, random_init=args.random_init
+  )
+  s = config.sample
+  defaults = dict(
+    guidance=[config.sampler.guidance_high, config.sampler.guidance_low],
+    height=s.height,
+    width=s.width,
+    steps=config.sampler.num_steps,
+    seed=s.seed,
+    negative_prompt=s.negative_prompt,
+  )
+  metadata = dict(
+    config=args.config,
+    overrides=args.set,
+    checkpoint=args.checkpoint,
+    sampler=dataclasses.asdict(gen.sampler),
+    model=dataclasses.asdict(gen.model.config),
+  )
+  report = job.run(
+    requests.read(args.scenes, defaults),
+    gen,
+    args.out,
+    batch_size=gen.data_parallel,
+    fps=s.fps,
+    metadata=metadata,
+    progress=not args.no_progress,
+  )
+  print(
+    json.dumps(
+      dict(
+        done=len(report.done),
+        skipped=len(report.skipped),
+        failed=report.failed,
+        bad_lines=report.bad_lines,
+      ),
+      indent=2,
+    )
+  )
+  return report
+
+
+if __name__ == "__main__":
+  report = main()
+  sys.exit(1 if report.failed else 0)
