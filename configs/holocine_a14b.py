@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       text_len=512,
       decoder="vae",
       max_shots=13,  # the paper trains up to 13 shots
-      max_shot_frames=0,  # 0: the whole clip (safe default; lower it to speed up sparse)
+      max_shot_frames=0,  # 0: per batch, the longest shot rounded up to 4 latent frames
     )
   )
   return config

@@ -109,7 +109,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       text_len=32,
       decoder="latent_rgb",  # synthetic latents are drawn in latent space: preview, no VAE
       max_shots=3,
-      max_shot_frames=0,  # 0: the whole clip
+      max_shot_frames=0,  # 0: per batch, the longest shot rounded up to 4 latent frames
     )
   )
   return config

@@ -55,7 +55,7 @@ class Generator:
   mesh: jax.sharding.Mesh
   rules: tuple
   max_shots: int
-  max_shot_frames: int | None
+  max_shot_frames: int | None  # None: the batch's longest shot rounded up to a multiple of 4
   text_len: int
 
   @functools.cached_property
@@ -121,6 +121,13 @@ class Generator:
       batch=b,
     )
     return [(video[i], timings) for i in range(n)]
+
+
+def _shot_bucket(lays: list[layout.ShotLayout], frames: int, multiple: int = 4) -> int:
+  """The longest shot rounded up to `multiple` latent frames: few distinct bounds (compiles)
+  while the sparse kernel's loops stay close to the real shot lengths."""
+  longest = max(max(lay.latent_frames_per_shot()) for lay in lays)
+  return min(-(-longest // multiple) * multiple, frames)
 
 
 @functools.lru_cache(maxsize=8)
