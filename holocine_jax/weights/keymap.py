@@ -181,23 +181,25 @@ def read(src, transform: str, shape, index, dtype) -> np.ndarray:
   return block[tuple(rest)].astype(dtype)
 
 
-def read_param(tensors: Mapping[str, np.ndarray], sources, spec, index=()) -> np.ndarray:
-  """The slice `index` of one target parameter (ShapeDtypeStruct `spec`) from its sources."""
+def read_param(tensors: Mapping[str, np.ndarray], sources, spec, index=(), done=None) -> np.ndarray:
+  """The slice `index` of one target parameter (ShapeDtypeStruct `spec`) from its sources (one,
+  or one per layer of a scanned param: only the layers in `index` are read); `done(key)` is
+  called after each source is read (e.g. to release its file pages)."""
+  done = done or (lambda key: None)
   if sources[0].layer is None:
-    src = sources[0]
-    return read(tensors[src.key], src.transform, spec.shape, index, spec.dtype)
-  index = tuple(index) or (slice(None),)
-  inner = spec.shape[1:]
-  picked = sources[index[0]]
-  out = np.empty((len(picked), *_sliced_shape(inner, index[1:])), spec.dtype)
-  for n, src in enumerate(picked):
-    out[n] = read(tensors[src.key], src.transform, inner, index[1:], spec.dtype)
+    (src,) = sources
+    out = read(tensors[src.key], src.transform, spec.shape, index, spec.dtype)
+    done(src.key)
+    return out
+  layers, inner = (tuple(index) or (slice(None),))[0], tuple(index)[1:]
+  out = None
+  for n, src in enumerate(sources[layers]):
+    piece = read(tensors[src.key], src.transform, spec.shape[1:], inner, spec.dtype)
+    done(src.key)
+    if out is None:
+      out = np.empty((len(sources[layers]), *piece.shape), spec.dtype)
+    out[n] = piece
   return out
-
-
-def _sliced_shape(shape, index) -> tuple[int, ...]:
-  index = tuple(index) + (slice(None),) * (len(shape) - len(index))
-  return tuple(len(range(*sl.indices(n))) for sl, n in zip(index, shape, strict=True))
 
 
 def convert(

@@ -1,0 +1,191 @@
+"""Converts HoloCine / Wan2.2 / diffusers PyTorch weights into orbax checkpoints, and loads them.
+
+  python -m holocine_jax.convert --src checkpoints/ --format holocine \
+      --config configs/wan22_t2v_a14b.py --param_dtype bfloat16 --out /data/holocine_full
+  python -m holocine_jax.convert --src Wan2.2-T2V-A14B-Diffusers --out /data/wan22   # auto format
+  python -m holocine_jax.convert --src checkpoints/ --components high,low \
+      --config configs/wan22_t2v_a14b.py:attention=sparse --out /data/sparse  # sparse_* experts
+
+Writes one orbax checkpoint per component found (`high`, `low` experts, `text_encoder`, `vae`)
+plus `convert.json` (sources, sizes, format, configs, dtype, param counts, times). Parameters are
+streamed one at a time into their shardings (see weights/loader.py) and saved in chunks with
+orbax partial saves, so the devices hold at most one chunk (`--chunk_mb`, or the largest
+parameter) and the host about one parameter's local slice. Everything is written into
+`.<out>.partial` next to `--out` (a local or mounted path) and renamed at the end: a killed
+conversion leaves no directory that looks complete.
+`load(directory, component, mesh, rules)` restores a component straight into its shardings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+
+import jax
+import tqdm
+from orbax.checkpoint.experimental import v1 as ocp
+
+from holocine_jax import config_file, sharding
+from holocine_jax.weights import formats, loader
+
+RECORD = "convert.json"
+DEFAULT_CONFIG = "configs/wan22_t2v_a14b.py"
+
+
+def _save_component(component, config, mesh, rules, path, chunk_bytes, hint, progress) -> dict:
+  """Streams one component into an orbax checkpoint at `path`; returns its record."""
+  start = time.time()
+  checkpoint, plan, shapes, shardings, naming = loader.prepare(
+    component, config, mesh, rules, config_hint=hint
+  )
+  leaves = jax.tree.leaves(shapes)
+  total = sum(x.size * x.dtype.itemsize for x in leaves)
+  chunk, chunk_size = {}, 0
+  # orbax copies at most this much device -> host at a time (more than the largest shard)
+  largest = max(
+    math.prod(sh.shard_shape(x.shape)) * x.dtype.itemsize
+    for x, sh in zip(leaves, jax.tree.leaves(shardings), strict=True)
+  )
+  limit = max(chunk_bytes, largest + 1)  # orbax wants strictly more than a request
+  context = ocp.Context()
+  context.memory.transfer_concurrent_bytes = context.memory.write_concurrent_bytes = limit
+  # replicated leaves: split writes across replicas only when big (each split compiles a slice)
+  context.array.saving.min_slice_bytes_for_replica_parallel = chunk_bytes
+  bar = tqdm.tqdm(total=total, unit="B", unit_scale=True, desc=component.name, disable=not progress)
+  with context, bar:
+    for name, array in loader.iter_params(checkpoint, plan, shapes, shardings):
+      chunk[name] = array
+      chunk_size += array.nbytes
+      bar.update(array.nbytes)
+      if chunk_size >= chunk_bytes:
+        ocp.partial.save(path, loader.unflatten(chunk))
+        chunk, chunk_size = {}, 0
+    if chunk:
+      ocp.partial.save(path, loader.unflatten(chunk))
+  ocp.partial.finalize(path)
+  return dict(
+    kind=component.kind,
+    naming=naming,
+    files=[dict(path=os.path.abspath(f), bytes=os.path.getsize(f)) for f in component.files],
+    config=dataclasses.asdict(config),
+    dtype=str(leaves[0].dtype),
+    num_params=sum(x.size for x in leaves),
+    bytes=total,
+    seconds=round(time.time() - start, 3),
+  )
+
+
+def convert(
+  src: str,
+  out: str,
+  *,
+  fmt: str = "auto",
+  config: str = DEFAULT_CONFIG,
+  param_dtype: str | None = None,
+  components: tuple[str, ...] | None = None,
+  chunk_mb: int = 64,
+  progress: bool = True,
+) -> dict:
+  """Converts every component found below `src` into `out`; returns the record as written."""
+  start = time.time()
+  out = os.path.abspath(out.rstrip("/"))
+  if os.path.exists(out):
+    raise FileExistsError(f"--out {out} already exists; remove it or pick another directory")
+  cfg = config_file.load(config)
+  variant = cfg.model.get("self_attention", "full")
+  fmt, found = formats.find_components(src, fmt, variant)
+  if components is not None:
+    unknown = sorted(set(components) - {c.name for c in found})
+    if unknown:
+      raise ValueError(f"components {unknown} not found in {src}; found {[c.name for c in found]}")
+    found = [c for c in found if c.name in components]
+  mesh = sharding.make_mesh(cfg.mesh)
+  tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.partial")
+  shutil.rmtree(tmp, ignore_errors=True)  # a previous, killed attempt
+  os.makedirs(tmp)
+  try:
+    record = dict(
+      format=fmt, src=os.path.abspath(src), config=config, param_dtype=param_dtype, components={}
+    )
+    for component in found:
+      model_config = formats.model_config(component.kind, cfg, param_dtype)
+      record["components"][component.name] = _save_component(
+        component,
+        model_config,
+        mesh,
+        cfg.logical_rules,
+        os.path.join(tmp, component.name),
+        chunk_mb << 20,
+        config,
+        progress,
+      )
+    record["seconds"] = round(time.time() - start, 3)
+    with open(os.path.join(tmp, RECORD), "w") as f:
+      json.dump(record, f, indent=2)
+    os.rename(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return info(out)
+
+
+def info(directory: str) -> dict:
+  """The conversion record (`convert.json`) of a converted directory."""
+  path = os.path.join(directory, RECORD)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{directory} is not a converted checkpoint (no {RECORD})")
+  with open(path) as f:
+    return json.load(f)
+
+
+def component_config(directory: str, component: str):
+  """(model kind, config dataclass) the component was converted for."""
+  components = info(directory)["components"]
+  if component not in components:
+    raise KeyError(f"{directory} has no component {component!r}; it has {sorted(components)}")
+  entry = components[component]
+  return entry["kind"], formats.config_from_dict(entry["kind"], entry["config"])
+
+
+def load(directory: str, component: str, mesh, rules):
+  """Restores a converted component ('high', 'low', 'text_encoder', 'vae') directly into its
+  shardings on `mesh` under the logical `rules`; returns the param tree."""
+  kind, config = component_config(directory, component)
+  shapes, specs = formats.abstract(kind, config)
+  shardings = loader.param_shardings(specs, mesh, rules)
+  target = jax.tree.map(
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+  )
+  return ocp.load_pytree(os.path.join(directory, component), target)
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--src", required=True, help="checkpoint folder (or file's folder)")
+  parser.add_argument("--format", default="auto", choices=("auto", *formats.FORMATS))
+  parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file[:arg]")
+  parser.add_argument("--out", required=True, help="output directory (must not exist)")
+  parser.add_argument("--param_dtype", default=None, help="e.g. bfloat16 (default: the config's)")
+  parser.add_argument("--components", default=None, help="comma list, e.g. high,low")
+  parser.add_argument("--chunk_mb", type=int, default=64, help="MB per orbax partial save")
+  parser.add_argument("--no_progress", action="store_true")
+  args = parser.parse_args(argv)
+  return convert(
+    args.src,
+    args.out,
+    fmt=args.format,
+    config=args.config,
+    param_dtype=args.param_dtype,
+    components=None if args.components is None else tuple(args.components.split(",")),
+    chunk_mb=args.chunk_mb,
+    progress=not args.no_progress,
+  )
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,1 @@
+"""Training stack: data (synthetic, tfds ArrayRecord, grain), flow-matching loss, step, loop."""

@@ -1,0 +1,146 @@
+"""The training loop: mesh, model, data, state (fresh or restored), steps, metrics, checkpoints.
+
+Metrics of step k are fetched after step k+1 is dispatched, so the host never stalls the
+device; a non-finite loss stops training with the step that produced it.
+"""
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from holocine_jax import sharding
+from holocine_jax.model.config import DiTConfig
+from holocine_jax.model.dit import WanDiT
+from holocine_jax.training import checkpoint, global_batch, pipeline, state, synthetic
+from holocine_jax.training import loss as loss_lib
+from holocine_jax.training import metrics as metrics_lib
+from holocine_jax.training import step as step_lib
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  state: state.TrainState
+  losses: dict[int, float]  # 1-based step -> loss, for the steps this run computed
+  start_step: int
+
+
+def open_source(config):
+  """(random-access source, per-sample latent shapes) named by `config.data.source`."""
+  data = config.data
+  if data.source == "synthetic":
+    source = synthetic.SyntheticSource.from_config(data, config.model)
+    return source, [source.latent_shape(i) for i in range(len(source))]
+  if data.source == "tfds":
+    from holocine_jax.training import dataset
+
+    return dataset.open_source(data.data_dir, data.split)
+  raise ValueError(f"data.source must be 'synthetic' or 'tfds', got {data.source!r}")
+
+
+def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
+  """Trains `config.train.num_steps` steps in `workdir`, resuming from its newest checkpoint.
+
+  `on_step(step, state, metrics)` runs after every step (and its checkpoint save, if any).
+  """
+  train_cfg = config.train
+  mesh = sharding.make_mesh(config.mesh)
+  rules = config.logical_rules
+  model = WanDiT(DiTConfig.from_config(config.model))
+  tx, schedule = state.optimizer(train_cfg)
+  fm = loss_lib.FlowMatching.from_config(train_cfg)
+
+  source, shapes = open_source(config)
+  rows = global_batch.host_rows(mesh, rules, train_cfg.global_batch)
+  iterator = iter(pipeline.from_config(source, shapes, config, rows))
+  train_state, state_shardings = state.create(
+    model, tx, mesh, rules, jax.random.key(train_cfg.seed)
+  )
+
+  ckpt = checkpoint.Checkpointer(
+    os.path.join(os.fspath(workdir), "checkpoints"),
+    every=train_cfg.checkpoint_every,
+    keep=train_cfg.keep_checkpoints,
+    async_save=train_cfg.async_checkpoint,
+  )
+  latest = ckpt.latest_step()
+  if latest is not None:
+    train_state = ckpt.restore(latest, train_state, state_shardings, iterator)
+  start = int(jax.device_get(train_state.step))
+
+  writer = metrics_lib.MetricWriter(
+    workdir,
+    start_step=start,
+    total_steps=train_cfg.num_steps,
+    tensorboard=train_cfg.tensorboard,
+    progress_bar=train_cfg.progress_bar,
+  )
+  losses: dict[int, float] = {}
+  step_fn = None
+  pending = None
+
+  def report(done: int, device_metrics):
+    values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    if not math.isfinite(values["loss"]):
+      raise NonFiniteLossError(
+        f"loss is {values['loss']} at step {done} (grad_norm={values['grad_norm']}); stopping. "
+        f"The newest checkpoint is step {ckpt.latest_step()}."
+      )
+    losses[done] = values["loss"]
+    writer.step(values)
+    if done % train_cfg.log_every == 0 or done == train_cfg.num_steps:
+      writer.write(done, values)
+
+  try:
+    with checkpoint.SigtermFlag() as sigterm:
+      for done in range(start + 1, train_cfg.num_steps + 1):
+        host_batch = next(iterator)
+        if step_fn is None:
+          batch_shardings = global_batch.shardings(host_batch, mesh, rules)
+          step_fn = step_lib.make_train_step(
+            model,
+            tx,
+            schedule,
+            fm,
+            seed=train_cfg.seed,
+            mesh=mesh,
+            rules=rules,
+            state_shardings=state_shardings,
+            batch_shardings=batch_shardings,
+          )
+        batch = global_batch.to_global(host_batch, batch_shardings, train_cfg.global_batch, rows)
+        train_state, device_metrics = step_fn(train_state, batch)
+        if pending is not None:
+          report(*pending)
+        pending = (done, device_metrics)
+        preempted = ckpt.reached_preemption(done) or _any_process(sigterm.raised)
+        last = done == train_cfg.num_steps
+        if last or preempted or done % train_cfg.checkpoint_every == 0:
+          report(*pending)
+          pending = None
+          ckpt.save(done, train_state, iterator, force=True)
+        if on_step is not None:
+          on_step(done, train_state, device_metrics)
+        if preempted:
+          print(f"preemption notice: saved step {done}, stopping", flush=True)
+          break
+  finally:
+    writer.close()
+    ckpt.close()
+  return TrainResult(train_state, losses, start)
+
+
+def _any_process(flag: bool) -> bool:
+  """True if `flag` is set on any process (a collective when there are several)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))

@@ -1,0 +1,62 @@
+"""One training sample as a dict of arrays, and host-side collation of samples into a batch.
+
+A record holds `latents` [F, H, W, C] (VAE latents, channels last), `context` [N, E] (the text
+encoder's output for the scene prompt, unpadded), `latent_bounds` [S+1] (shot i owns latent
+frames [b_i, b_{i+1})) and `text_ranges` [S+1, 2] (row 0 the global caption's token range, row
+i+1 shot i's). Every source (synthetic, tfds) yields this schema; `collate` pads and stacks.
+Legend: B batch, F latent frames, H/W latent height/width, C latent channels, N prompt tokens,
+T padded text length, E text dim, S shots.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from holocine_jax import layout
+
+FIELDS = ("latents", "context", "latent_bounds", "text_ranges")
+
+
+def grid_of(record, patch) -> layout.LatentGrid:
+  f, h, w, _ = record["latents"].shape
+  return layout.LatentGrid(f, h, w, tuple(patch))
+
+
+def num_tokens(shape_fhw: Sequence[int], patch) -> int:
+  """DiT tokens of a latent video of shape (F, H, W): the bucketing key."""
+  f, h, w = shape_fhw
+  return (f // patch[0]) * (h // patch[1]) * (w // patch[2])
+
+
+def windows_of(record) -> layout.TextWindows:
+  r = np.asarray(record["text_ranges"])
+  return layout.TextWindows(tuple(r[0]), tuple(tuple(x) for x in r[1:]))
+
+
+def collate(records: Sequence[dict], *, patch, max_shots: int, max_shot_frames: int, text_len: int):
+  """Records of one latent shape -> {latents, context, shots} of numpy arrays (host batch)."""
+  shapes = {r["latents"].shape for r in records}
+  if len(shapes) != 1:
+    raise layout.LayoutError(f"a batch needs one latent shape, got {sorted(shapes)}")
+  grid = grid_of(records[0], patch)
+  lays = [layout.ShotLayout(tuple(r["latent_bounds"]), grid.tokens_per_frame) for r in records]
+  context_BxTxE = np.zeros((len(records), text_len, records[0]["context"].shape[-1]), np.float32)
+  for i, r in enumerate(records):
+    n = r["context"].shape[0]
+    if n > text_len:
+      raise layout.LayoutError(f"a prompt has {n} text tokens but text_len={text_len}")
+    context_BxTxE[i, :n] = r["context"]
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):  # host arrays, not device 0
+    shots = layout.make_batch(
+      lays,
+      [windows_of(r) for r in records],
+      max_shots=max_shots,
+      max_shot_frames=max_shot_frames,
+      text_len=text_len,
+    )
+  return dict(
+    latents=np.stack([np.asarray(r["latents"], np.float32) for r in records]),
+    context=context_BxTxE,
+    shots=jax.tree.map(np.asarray, shots),
+  )

@@ -1,0 +1,70 @@
+"""Train state (step, fp32 master params, optimizer state), the optimizer, sharded creation."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from holocine_jax import layout, sharding
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def learning_rate(train) -> optax.Schedule:
+  """Linear warmup to the peak, then constant or cosine decay to end_lr_ratio * peak."""
+  peak, warmup = train.learning_rate, train.warmup_steps
+  if train.decay == "constant":
+    after = optax.constant_schedule(peak)
+  elif train.decay == "cosine":
+    after = optax.cosine_decay_schedule(
+      peak, max(train.num_steps - warmup, 1), alpha=train.end_lr_ratio
+    )
+  else:
+    raise ValueError(f"train.decay must be 'constant' or 'cosine', got {train.decay!r}")
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def optimizer(train) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW with global-norm clipping (on the fp32 master params)."""
+  schedule = learning_rate(train)
+  tx = optax.chain(
+    optax.clip_by_global_norm(train.clip_norm),
+    optax.adamw(schedule, b1=train.b1, b2=train.b2, eps=train.eps, weight_decay=train.weight_decay),
+  )
+  return tx, schedule
+
+
+def dummy_inputs(model_config):
+  """Smallest valid DiT inputs (parameters do not depend on the input shapes)."""
+  pt, ph, pw = model_config.patch_size
+  grid = layout.LatentGrid(pt, ph, pw, tuple(model_config.patch_size))
+  shots = layout.make_batch(
+    [layout.ShotLayout.single_shot(grid)], [layout.TextWindows((0, 1), ((0, 1),))], text_len=2
+  )
+  latents = np.zeros((1, pt, ph, pw, model_config.in_channels), np.float32)
+  context = np.zeros((1, 2, model_config.text_dim), np.float32)
+  return latents, np.zeros((1,), np.float32), context, shots
+
+
+def init_fn(model, tx):
+  """key -> TrainState of boxed arrays (the optimizer state inherits the params' logical names)."""
+  inputs = dummy_inputs(model.config)
+
+  def init(key):
+    params = model.init(key, *inputs)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  return init
+
+
+def create(model, tx, mesh, rules, key):
+  """(state, state shardings): params and optimizer state initialised directly sharded."""
+  return sharding.init_sharded(init_fn(model, tx), mesh, rules, key)
