@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       tokenizer="",  # folder with tokenizer.json or spiece.model (or pass --tokenizer)
       text_len=512,
       decoder="vae",
+      swap_experts=False,  # True: load each expert just before its stage (one in memory)
       max_shots=13,  # the paper trains up to 13 shots
       max_shot_frames=0,  # 0: per batch, the longest shot rounded up to 4 latent frames
     )

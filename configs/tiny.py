@@ -108,6 +108,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       tokenizer="",
       text_len=32,
       decoder="latent_rgb",  # synthetic latents are drawn in latent space: preview, no VAE
+      swap_experts=False,  # True: load each expert just before its stage (one in memory)
       max_shots=3,
       max_shot_frames=0,  # 0: per batch, the longest shot rounded up to 4 latent frames
     )

@@ -39,7 +39,8 @@ _ARCHITECTURE = (
 
 
 def _experts(model: WanDiT, config, checkpoint: str | None, random_init: bool, mesh, rules):
-  """(params_high, params_low or None) from a converted checkpoint or a random init."""
+  """(high, low or None) from a converted checkpoint or a random init: param trees, or with
+  `sample.swap_experts` loaders that restore an expert just before its denoising stage."""
   if checkpoint:
     found = convert.info(checkpoint)["components"]
     experts = []
@@ -54,7 +55,8 @@ def _experts(model: WanDiT, config, checkpoint: str | None, random_init: bool, m
             f"{checkpoint}/{name} was converted with {field}={getattr(stored, field)} but the "
             f"config has {getattr(model.config, field)}; use the config it was converted with"
           )
-      experts.append({"params": convert.load(checkpoint, name, mesh, rules)})
+      load = lambda name=name: {"params": convert.load(checkpoint, name, mesh, rules)}
+      experts.append(load if config.sample.swap_experts else load())
     if experts[0] is None:
       raise FileNotFoundError(f"{checkpoint} has no 'high' (or single) expert; it has {found}")
     return experts[0], experts[1]

@@ -83,6 +83,10 @@ def test_multishot_sampling_runs_holistically_and_is_deterministic():
   a = sampler(params, None, noise, ctx, shots)
   b = sampler(params, None, noise, ctx, shots)
   np.testing.assert_array_equal(a, b)
+  loads = []
+  swapped = sampler(lambda: loads.append(1) or params, None, noise, ctx, shots)
+  np.testing.assert_array_equal(a, swapped)  # an expert given as a loader: same result
+  assert loads == [1, 1]  # loaded right before each of the two stages
   assert np.isfinite(np.asarray(a)).all() and a.shape == noise.shape
   with pytest.raises(ValueError, match="positive then 1 negative"):
     sampler(params, None, noise, ctx[:1], shots)

@@ -4,7 +4,8 @@ Wan2.2 / HoloCine run the high-noise expert while t >= boundary * 1000 and the l
 after; each step evaluates the positive (windowed) and negative (unwindowed) prompts in one
 batch and mixes them as neg + g * (pos - neg), with a guidance scale per expert. The loop runs in
 `lax.fori_loop` inside one jitted stage function (compiled once per shape), called once per
-expert: both experts can stay resident or the caller can load the second after the first stage.
+expert. Experts are param trees (resident) or zero-argument loaders called right before their
+stage, so only one expert is in device memory at a time (swapped).
 Legend: B scenes, F/H/W latent grid, C latent channels, T text tokens, E text dim.
 """
 
@@ -67,7 +68,8 @@ class Sampler:
   def __call__(
     self, params_high, params_low, noise_BxFxHxWxC, context_2BxTxE, shots: ShotBatch | None = None
   ):
-    """Final latents [B, F, H, W, C] (fp32). `params_low` None: one expert for every step."""
+    """Final latents [B, F, H, W, C] (fp32). Each expert is params or a loader of params;
+    `params_low` None: the high expert for every step."""
     b = noise_BxFxHxWxC.shape[0]
     if context_2BxTxE.shape[0] != 2 * b:
       raise ValueError(
@@ -84,9 +86,11 @@ class Sampler:
         c.guidance_low,
       ),
     ]
-    for params, start, stop, guidance in stages:
+    for source, start, stop, guidance in stages:
       if stop > start:
+        params = source() if callable(source) else source
         state = self.stage(
           params, sch, state, context_2BxTxE, shots, start, stop, jnp.float32(guidance)
         )
+        del params  # a loaded expert is freed before the next one loads
     return state[0]
