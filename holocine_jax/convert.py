@@ -88,7 +88,7 @@ def convert(
   config: str = DEFAULT_CONFIG,
   param_dtype: str | None = None,
   components: tuple[str, ...] | None = None,
-  chunk_mb: int = 64,
+  chunk_mb: int = 16,
   progress: bool = True,
 ) -> dict:
   """Converts every component found below `src` into `out`; returns the record as written."""
@@ -172,7 +172,7 @@ def main(argv=None) -> dict:
   parser.add_argument("--out", required=True, help="output directory (must not exist)")
   parser.add_argument("--param_dtype", default=None, help="e.g. bfloat16 (default: the config's)")
   parser.add_argument("--components", default=None, help="comma list, e.g. high,low")
-  parser.add_argument("--chunk_mb", type=int, default=64, help="MB per orbax partial save")
+  parser.add_argument("--chunk_mb", type=int, default=16, help="MB per orbax partial save")
   parser.add_argument("--no_progress", action="store_true")
   args = parser.parse_args(argv)
   return convert(

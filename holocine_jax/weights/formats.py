@@ -20,12 +20,10 @@ import os
 import re
 
 import jax
-import numpy as np
 
 from holocine_jax import sharding
-from holocine_jax.model import umt5, vae
+from holocine_jax.model import dit, umt5, vae
 from holocine_jax.model.config import DiTConfig
-from holocine_jax.model.dit import WanDiT
 from holocine_jax.weights import (
   diffusers_dit,
   diffusers_vae,
@@ -165,18 +163,11 @@ def config_from_dict(kind: str, fields: dict):
   return cls.from_config(fields)
 
 
-def _dit_init(config: DiTConfig):
-  model = WanDiT(dataclasses.replace(config, self_attention="full"))  # params do not depend on it
-  pt, ph, pw = config.patch_size
-  latents = np.zeros((1, pt, ph, pw, config.in_channels), np.float32)
-  context = np.zeros((1, 1, config.text_dim), np.float32)
-  return lambda key: model.init(key, latents, np.zeros((1,), np.float32), context)["params"]
-
-
 def abstract(kind: str, config):
   """(ShapeDtypeStruct tree, logical PartitionSpec tree) of a component; allocates nothing."""
   if kind == "dit":
-    return sharding.abstract_params(_dit_init(config), jax.random.key(0))
+    init = dit.init_fn(config)
+    return sharding.abstract_params(lambda key: init(key)["params"], jax.random.key(0))
   if kind == "umt5":
     return umt5.abstract_params(config)
   return sharding.abstract_params(

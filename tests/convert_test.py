@@ -1,0 +1,517 @@
+"""Weight conversion: tiny torch models saved in each layout -> CLI -> orbax -> load, outputs vs
+torch; sharded loading; lazy slicing; every error from a deliberately broken checkpoint."""
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+from safetensors.torch import save_file
+from transformers import UMT5Config as HFConfig
+from transformers import UMT5EncoderModel
+
+from holocine_jax import config_file, convert, sharding
+from holocine_jax.model import umt5, vae
+from holocine_jax.model.dit import WanDiT
+from holocine_jax.weights import diffusers_dit, formats, keymap, loader, reader
+from tests import keymap_test
+from tests import wan_reference as ref
+
+T5 = dict(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)
+MEAN, STD = (0.1, -0.2, 0.3, 0.0), (1.5, 0.7, 2.0, 1.0)
+VAE = dict(base_dim=8, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1)
+RULES = sharding.DEFAULT_LOGICAL_RULES
+
+CONFIG = f"""
+from configs import tiny
+
+def get_config(arg=None):
+  config = tiny.get_config(arg)
+  config.text_encoder = dict(**{T5!r}, param_dtype="float32", dtype="float32")
+  config.vae = dict(**{VAE!r}, latents_mean={MEAN!r}, latents_std={STD!r})
+  return config
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny torch models and the three on-disk layouts.
+
+
+def _t5_model():
+  hf = HFConfig(
+    vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+    relative_attention_num_buckets=32, relative_attention_max_distance=128,
+    feed_forward_proj="gated-gelu", dropout_rate=0.0, layer_norm_epsilon=1e-6,
+  )  # fmt: skip
+  torch.manual_seed(0)
+  model = UMT5EncoderModel(hf).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.copy_(torch.randn_like(p) * (0.3 if p.ndim == 2 else 0.2) + (p.ndim == 1))
+  return model
+
+
+def _vae_model():
+  torch.manual_seed(0)
+  model = AutoencoderKLWan(
+    **{**VAE, "dim_mult": list(VAE["dim_mult"])},
+    temperal_downsample=[False, True, True],
+    latents_mean=list(MEAN),
+    latents_std=list(STD),
+  ).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("gamma"):
+        p.copy_(1 + 0.2 * torch.randn_like(p))
+  return model
+
+
+@pytest.fixture(scope="module")
+def models():
+  return dict(high=ref.tiny_wan(0), low=ref.tiny_wan(1), text_encoder=_t5_model(), vae=_vae_model())
+
+
+def _state(model):
+  return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+def _original_dit(model):
+  return {keymap_test._original_name(k): v for k, v in _state(model).items()}
+
+
+_T5_NAMES = {
+  "layer.0.layer_norm": "norm1", "layer.0.SelfAttention.q": "attn.q",
+  "layer.0.SelfAttention.k": "attn.k", "layer.0.SelfAttention.v": "attn.v",
+  "layer.0.SelfAttention.o": "attn.o", "layer.1.layer_norm": "norm2",
+  "layer.0.SelfAttention.relative_attention_bias": "pos_embedding.embedding",
+  "layer.1.DenseReluDense.wi_0": "ffn.gate.0", "layer.1.DenseReluDense.wi_1": "ffn.fc1",
+  "layer.1.DenseReluDense.wo": "ffn.fc2",
+}  # fmt: skip
+
+
+def _wan_t5(model):
+  """transformers umT5 -> Wan's own T5 names (models_t5_umt5-xxl-enc-bf16.pth)."""
+  hf = _state(model)
+  out = {
+    "token_embedding.weight": hf["shared.weight"],
+    "norm.weight": hf["encoder.final_layer_norm.weight"],
+  }
+  for i in range(T5["num_layers"]):
+    for a, b in _T5_NAMES.items():
+      out[f"blocks.{i}.{b}.weight"] = hf[f"encoder.block.{i}.{a}.weight"]
+  return out
+
+
+_VAE_RES = {
+  "norm1.gamma": "residual.0.gamma", "conv1": "residual.2", "norm2.gamma": "residual.3.gamma",
+  "conv2": "residual.6", "conv_shortcut": "shortcut",
+}  # fmt: skip
+
+
+def _original_vae_name(key: str) -> str:
+  """diffusers AutoencoderKLWan name -> Wan2.1_VAE.pth name (diffusers' conversion, inverted)."""
+  for a, b in (("quant_conv", "conv1"), ("post_quant_conv", "conv2")):
+    if key.startswith(a + "."):
+      return b + key[len(a) :]
+  part, rest = key.split(".", 1)
+  for a, b in (("conv_in", "conv1"), ("conv_out", "head.2"), ("norm_out.gamma", "head.0.gamma")):
+    rest = b + rest[len(a) :] if rest.startswith(a) else rest
+  rest = rest.replace("mid_block.attentions.0", "middle.1")
+  rest = rest.replace("mid_block.resnets.0", "middle.0").replace("mid_block.resnets.1", "middle.2")
+  rest = rest.replace("down_blocks", "downsamples")
+  per_level = VAE["num_res_blocks"] + 2
+  parts = rest.split(".")
+  if parts[0] == "up_blocks":
+    i = int(parts[1])
+    if parts[2] == "resnets":
+      parts = ["upsamples", str(i * per_level + int(parts[3]))] + parts[4:]
+    else:  # upsamplers.0
+      parts = ["upsamples", str(i * per_level + per_level - 1)] + parts[4:]
+  rest = ".".join(parts)
+  for a, b in _VAE_RES.items():
+    rest = rest.replace(f".{a}", f".{b}")
+  return f"{part}.{rest}"
+
+
+def _save_sharded(state, folder, name, shards=2):
+  """safetensors shards plus a diffusers-style index.json."""
+  os.makedirs(folder, exist_ok=True)
+  keys = sorted(state)
+  weight_map = {}
+  for s in range(shards):
+    file = f"{name}-{s + 1:05d}-of-{shards:05d}.safetensors"
+    part = {k: state[k] for k in keys[s::shards]}
+    save_file(part, os.path.join(folder, file))
+    weight_map.update(dict.fromkeys(part, file))
+  with open(os.path.join(folder, f"{name}.safetensors.index.json"), "w") as f:
+    json.dump({"metadata": {}, "weight_map": weight_map}, f)
+
+
+def _write(fmt, root, models):
+  if fmt == "diffusers":
+    models["high"].save_pretrained(os.path.join(root, "transformer"), max_shard_size="40KB")
+    models["low"].save_pretrained(os.path.join(root, "transformer_2"))
+    models["text_encoder"].save_pretrained(os.path.join(root, "text_encoder"))
+    models["vae"].save_pretrained(os.path.join(root, "vae"))
+    return
+  wan_dir = root if fmt == "wan" else os.path.join(root, "Wan2.2-T2V-A14B")
+  os.makedirs(wan_dir, exist_ok=True)
+  torch.save(
+    _wan_t5(models["text_encoder"]), os.path.join(wan_dir, "models_t5_umt5-xxl-enc-bf16.pth")
+  )
+  vae_state = {_original_vae_name(k): v for k, v in _state(models["vae"]).items()}
+  torch.save(vae_state, os.path.join(wan_dir, "Wan2.1_VAE.pth"))
+  if fmt == "wan":
+    for name in ("high", "low"):
+      folder = os.path.join(root, f"{name}_noise_model")
+      _save_sharded(_original_dit(models[name]), folder, "diffusion_pytorch_model")
+  else:
+    folder = os.path.join(root, "HoloCine_dit", "full")
+    os.makedirs(folder)
+    for name in ("high", "low"):
+      save_file(_original_dit(models[name]), os.path.join(folder, f"full_{name}_noise.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def config_path(tmp_path_factory):
+  path = tmp_path_factory.mktemp("config") / "convert_tiny.py"
+  path.write_text(CONFIG)
+  return str(path)
+
+
+_CONVERTED = {}
+
+
+@pytest.fixture(scope="module")
+def converted(models, config_path, tmp_path_factory):
+  """fmt -> (source root, converted dir, CLI record), converted once per module."""
+
+  def get(fmt):
+    if fmt not in _CONVERTED:
+      root = str(tmp_path_factory.mktemp(fmt))
+      _write(fmt, root, models)
+      out = os.path.join(root, "converted")
+      argv = ["--src", root, "--config", config_path, "--out", out, "--no_progress"]
+      if fmt == "holocine":  # its T5 / VAE files are Wan's, as in the wan layout: save time
+        argv += ["--components", "high,low"]
+      record = convert.main(argv)
+      _CONVERTED[fmt] = root, out, record
+    return _CONVERTED[fmt]
+
+  return get
+
+
+@pytest.fixture(scope="module")
+def mesh8():
+  return sharding.make_mesh({"fsdp": -1})
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trips: outputs of the loaded params vs torch (fp32).
+
+_FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _dit_apply(config, params, x, t, ctx):
+  return WanDiT(config).apply({"params": params}, x, t, ctx)
+
+
+_encode = jax.jit(umt5.encode, static_argnames="config")
+
+
+def _check_dit(out, name, torch_model, mesh):
+  kind, config = convert.component_config(out, name)
+  assert kind == "dit" and config.scan_layers
+  config = dataclasses.replace(config, window_cross_attention=False)
+  params = convert.load(out, name, mesh, RULES)
+  rng = np.random.RandomState(0)
+  x = rng.randn(1, 3, 4, 4, 4).astype(np.float32)
+  t, ctx = np.array([700.0], np.float32), rng.randn(1, 8, 24).astype(np.float32)
+  got = np.asarray(_dit_apply(config, params, x, t, ctx))
+  want = ref.run(torch_model, x, t, ctx)
+  return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+def _check_t5(out, torch_model, mesh):
+  kind, config = convert.component_config(out, "text_encoder")
+  params = convert.load(out, "text_encoder", mesh, RULES)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(0, 128, (2, 24)).astype(np.int32)
+  mask = np.arange(24)[None] < np.array([[24], [13]])
+  got = np.asarray(_encode(params, ids, mask, config=config))
+  ids_t, mask_t = torch.tensor(ids, dtype=torch.long), torch.tensor(mask.astype(int))
+  with torch.no_grad():
+    want = torch_model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state.numpy()
+  want = want * mask[..., None]
+  return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+_decode = jax.jit(vae.decode, static_argnums=2, compiler_options=_FAST)
+
+
+def _check_vae(out, torch_model, mesh):
+  kind, config = convert.component_config(out, "vae")
+  params = convert.load(out, "vae", mesh, RULES)
+  z = np.random.RandomState(0).randn(1, 1, 2, 2, 4).astype(np.float32)
+  got = np.asarray(_decode(params, jnp.asarray(z), config))
+  zz = z * np.asarray(STD, np.float32) + np.asarray(MEAN, np.float32)
+  with torch.no_grad():
+    want = torch_model.decode(torch.from_numpy(zz.transpose(0, 4, 1, 2, 3).copy())).sample
+  want = want.numpy().transpose(0, 2, 3, 4, 1)
+  return float(np.abs(got - want).max())
+
+
+@pytest.mark.parametrize("fmt", ["diffusers", "wan", "holocine"])
+def test_round_trip(fmt, converted, models, mesh8):
+  root, out, record = converted(fmt)
+  assert record["format"] == fmt
+  names = ["high", "low"] + ([] if fmt == "holocine" else ["text_encoder", "vae"])
+  assert sorted(record["components"]) == names
+  assert convert.info(out) == record and not os.path.exists(out + ".partial")
+  dit, t5, vae_naming = ("wan_dit", "wan_t5", "wan_vae")
+  if fmt == "diffusers":
+    dit, t5, vae_naming = ("diffusers_dit", "transformers_umt5", "diffusers_vae")
+  want = dict(high=dit, low=dit, text_encoder=t5, vae=vae_naming)
+  assert {n: c["naming"] for n, c in record["components"].items()} == {n: want[n] for n in names}
+  assert record["components"]["high"]["num_params"] == sum(
+    p.numel() for p in models["high"].parameters()
+  )
+  errors = {name: _check_dit(out, name, models[name], mesh8) for name in ("high", "low")}
+  if fmt != "holocine":
+    errors["text_encoder"] = _check_t5(out, models["text_encoder"], mesh8)
+    errors["vae"] = _check_vae(out, models["vae"], mesh8)
+  print(fmt, errors)
+  # measured, every format alike: DiT 4e-7 / 1.0e-6 relative (high / low), umT5 4.2e-6
+  # relative, VAE decode 1.7e-6 absolute (outputs O(1))
+  assert all(err < 1e-5 for err in errors.values()), errors
+  # the low expert really is the other model
+  assert _check_dit(out, "low", models["high"], mesh8) > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharding, lazy slices, dtypes.
+
+
+def test_sharded_load_equals_single_device(converted, mesh8):
+  root, out, _ = converted("diffusers")
+  one = sharding.make_mesh({"fsdp": -1}, devices=jax.devices()[:1])
+  many, single = convert.load(out, "high", mesh8, RULES), convert.load(out, "high", one, RULES)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), many, single
+  )
+  q = many["blocks"]["self_attn"]["q"]["kernel"]  # [layers, embed (fsdp), heads, head_dim]
+  assert q.shape == (2, 32, 2, 16) and len(q.sharding.device_set) == 8
+  assert {s.data.shape for s in q.addressable_shards} == {(2, 4, 2, 16)}
+  assert len({s.device for s in q.addressable_shards}) == 8
+  assert single["blocks"]["self_attn"]["q"]["kernel"].addressable_shards[0].data.shape == q.shape
+  # straight from the PyTorch files, no orbax: the same arrays in the same shardings
+  _, config = convert.component_config(out, "high")
+  component = formats.find_components(root, "diffusers")[1][0]
+  direct = loader.load_component(component, config, mesh8, RULES)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), direct, many
+  )
+  assert direct["blocks"]["self_attn"]["q"]["kernel"].sharding == q.sharding
+
+
+@pytest.mark.parametrize(
+  ("transform", "src_shape", "shape"),
+  [
+    ("linear", (12, 8), (8, 3, 4)),  # q/k/v: [H*K, D] -> [D, H, K]
+    ("linear", (6, 12), (3, 4, 6)),  # o: [D, H*K] -> [H, K, D]
+    ("conv", (6, 4, 1, 2, 2), (16, 6)),  # patch embedding -> [pt*ph*pw*C, D]
+    ("conv", (6, 4, 3, 3, 3), (3, 3, 3, 4, 6)),  # causal conv3d
+    ("conv", (9, 3, 1, 1), (3, 9)),  # 1x1 conv2d -> matrix
+    ("reshape", (5, 1, 1, 1), (5,)),  # RMS norm gamma
+    ("reshape", (1, 6, 4), (6, 4)),  # modulation table
+  ],
+)
+def test_read_slices_match_full_transform(transform, src_shape, shape):
+  rng = np.random.default_rng(0)
+  w = rng.normal(size=src_shape).astype(np.float32)
+  full = keymap.TRANSFORMS[transform](w).reshape(shape)
+  for _ in range(20):
+    starts = [int(rng.integers(0, n)) for n in shape]
+    index = tuple(
+      slice(a, int(rng.integers(a + 1, n + 1))) for a, n in zip(starts, shape, strict=True)
+    )
+    got = keymap.read(w, transform, shape, index, np.float32)
+    np.testing.assert_array_equal(got, full[index])
+
+
+class _Spy:
+  """A source tensor that records which slices are read from it."""
+
+  def __init__(self, array, log):
+    self.array, self.log = array, log
+    self.shape, self.ndim = array.shape, array.ndim
+
+  def __getitem__(self, index):
+    out = self.array[index]
+    self.log.append(out.size)
+    return out
+
+
+class _SpyCheckpoint(dict):
+  def release(self, key):
+    pass
+
+
+def test_each_shard_reads_only_its_slice(models, mesh8):
+  """Building a param under fsdp=8 reads 1/8 of each source tensor per device, and scanned
+  params read each layer separately."""
+  state = {k: v.numpy() for k, v in _state(models["high"]).items()}
+  log = []
+  checkpoint = _SpyCheckpoint({k: _Spy(v, log) for k, v in state.items()})
+  config = formats.model_config("dit", config_file.load("configs/tiny.py"))
+  shapes, specs = formats.abstract("dit", config)
+  plan = keymap.plan({k: v.shape for k, v in state.items()}, diffusers_dit.RULES, shapes)
+  shardings = loader.param_shardings(specs, mesh8, RULES)
+  params = dict(loader.iter_params(checkpoint, plan, shapes, shardings))
+  q = params["blocks/self_attn/q/kernel"]
+  np.testing.assert_array_equal(
+    np.asarray(q)[1].reshape(32, 32), state["blocks.1.attn1.to_q.weight"].T
+  )
+  log.clear()
+  loader.build_param(
+    checkpoint,
+    plan["blocks/self_attn/q/kernel"],
+    shapes["blocks"]["self_attn"]["q"]["kernel"],
+    q.sharding,
+  )
+  assert log == [32 * 32 // 8] * 16  # 8 devices x 2 layers, each 1/8 of a [32, 32] weight
+
+
+def _write_wan(root, models, edit_low=None, t5_dtype=None):
+  """A wan-layout folder: high/low experts (original names, sharded) and the T5 .pth."""
+  for name in ("high", "low"):
+    state = _original_dit(models[name])
+    if name == "low" and edit_low is not None:
+      edit_low(state)
+    _save_sharded(state, os.path.join(root, f"{name}_noise_model"), "diffusion_pytorch_model")
+  t5 = _wan_t5(models["text_encoder"])
+  if t5_dtype is not None:
+    t5 = {k: v.to(t5_dtype) for k, v in t5.items()}
+  torch.save(t5, os.path.join(root, "models_t5_umt5-xxl-enc-bf16.pth"))
+  return root
+
+
+def _cli(root, config, *extra):
+  out = os.path.join(root, "out")
+  argv = ["--src", root, "--config", config, "--out", out, "--no_progress", *extra]
+  return out, lambda: convert.main(argv)
+
+
+def test_bf16_pth_is_read_as_bf16(models, config_path, tmp_path, mesh8):
+  root = _write_wan(str(tmp_path), models, t5_dtype=torch.bfloat16)
+  args = ("--components", "text_encoder", "--param_dtype", "bfloat16")
+  out, run = _cli(root, config_path, *args)
+  record = run()
+  assert record["components"]["text_encoder"]["dtype"] == "bfloat16"
+  params = convert.load(out, "text_encoder", mesh8, RULES)
+  table = params["token_embedding"]
+  assert table.dtype == jnp.bfloat16
+  want = models["text_encoder"].shared.weight.detach().to(torch.bfloat16).float().numpy()
+  np.testing.assert_array_equal(np.asarray(table, np.float32), want)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors, each from a deliberately broken checkpoint.
+
+
+@pytest.mark.parametrize(
+  ("edit", "error", "match"),
+  [
+    (lambda s: s.pop("head.head.bias"), keymap.KeyMapError, r"missing parameters: \['head/bias'\]"),
+    (
+      lambda s: s.pop("blocks.1.ffn.2.weight"),
+      keymap.KeyMapError,
+      r"missing parameters: \['blocks/ffn_out/kernel layers \[1\]'\]",
+    ),
+    (
+      lambda s: s.update({"blocks.0.extra.weight": torch.zeros(3)}),
+      keymap.KeyMapError,
+      r"unexpected checkpoint keys: \['blocks.0.extra.weight'\]",
+    ),
+    (
+      lambda s: s.update({"blocks.0.self_attn.q.weight": torch.zeros(16, 32)}),
+      keymap.KeyMapError,
+      r"blocks.0.self_attn.q.weight -> blocks/self_attn/q/kernel: expected \(32, 2, 16\), got "
+      r"\(16, 32\).*config .*convert_tiny.py",
+    ),
+  ],
+)
+def test_broken_expert_leaves_no_checkpoint(models, config_path, tmp_path, edit, error, match):
+  """The high expert converts, the low one fails: nothing that looks complete is left."""
+  root = _write_wan(str(tmp_path), models, edit_low=edit)
+  out, run = _cli(root, config_path)
+  with pytest.raises(error, match=match):
+    run()
+  assert not os.path.exists(out) and not os.path.exists(out + ".partial")
+  assert sorted(os.listdir(root)) == sorted(
+    ["high_noise_model", "low_noise_model", "models_t5_umt5-xxl-enc-bf16.pth"]
+  )
+
+
+def test_shape_mismatch_names_the_config(models, tmp_path):
+  root = _write_wan(str(tmp_path), models)
+  _, run = _cli(root, "configs/tiny.py", "--components", "text_encoder")  # umT5-XXL default
+  with pytest.raises(
+    keymap.KeyMapError,
+    match=r"token_embedding.weight -> token_embedding: expected \(256384, 4096\), got \(128, 32\)"
+    r".*config configs/tiny.py",
+  ):
+    run()
+
+
+def test_unknown_format(tmp_path, config_path):
+  (tmp_path / "notes.txt").write_text("no weights here")
+  with pytest.raises(formats.UnknownFormatError, match="could not detect the checkpoint format"):
+    _cli(str(tmp_path), config_path)[1]()
+  with pytest.raises(formats.UnknownFormatError, match="no diffusers checkpoint"):
+    _cli(str(tmp_path), config_path, "--format", "diffusers")[1]()
+  save_file({"foo.weight": torch.zeros(2)}, str(tmp_path / "full_high_noise.safetensors"))
+  with pytest.raises(formats.UnknownFormatError, match="match no known dit naming"):
+    _cli(str(tmp_path), config_path)[1]()
+
+
+def test_unreadable_files(models, tmp_path, monkeypatch):
+  root = _write_wan(str(tmp_path), models)
+  shard = os.path.join(
+    root, "high_noise_model", "diffusion_pytorch_model-00001-of-00002.safetensors"
+  )
+  with open(shard, "rb") as f:
+    data = f.read()
+  with open(shard, "wb") as f:
+    f.write(data[:-100])
+  with pytest.raises(reader.CheckpointReadError, match="truncated file: tensor .* ends at byte"):
+    reader.Checkpoint([shard])
+  with open(shard, "wb") as f:
+    f.write((10**9).to_bytes(8, "little") + data[8:])
+  with pytest.raises(reader.CheckpointReadError, match="corrupt safetensors header"):
+    reader.Checkpoint([shard])
+  with open(shard, "wb") as f:
+    f.write(data[:8] + b"!" + data[9:])
+  with pytest.raises(reader.CheckpointReadError, match="corrupt safetensors header"):
+    reader.Checkpoint([shard])
+  os.remove(shard)
+  with pytest.raises(reader.CheckpointReadError, match="lists shards that are missing"):
+    formats.find_components(root, "wan")
+  pth = os.path.join(root, "models_t5_umt5-xxl-enc-bf16.pth")
+  assert reader.Checkpoint([pth])["norm.weight"].shape == (32,)
+  monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+  with pytest.raises(reader.CheckpointReadError, match="needs PyTorch: pip install torch"):
+    reader.Checkpoint([pth])
+  monkeypatch.undo()
+  with open(pth, "r+b") as f:
+    f.truncate(os.path.getsize(pth) // 2)
+  with pytest.raises(reader.CheckpointReadError, match="cannot read .pth checkpoint"):
+    reader.Checkpoint([pth])
