@@ -49,11 +49,10 @@ class IteratorRestore(ocp.args.CheckpointArgs):
 
 
 class Checkpointer:
-  """Train state + data iterator, saved every `every` steps into `directory`."""
+  """Train state + data iterator in `directory`; the loop decides when to save."""
 
-  def __init__(self, directory, *, every: int, keep: int, async_save: bool = True):
+  def __init__(self, directory, *, keep: int, async_save: bool = True):
     options = ocp.CheckpointManagerOptions(
-      save_interval_steps=every,
       max_to_keep=keep,
       enable_async_checkpointing=async_save,
       create=True,
@@ -68,10 +67,10 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state, iterator, *, force: bool = False) -> bool:
-    """Starts saving (asynchronously) if `step` is due or `force`; returns whether it did."""
+  def save(self, step: int, state, iterator) -> None:
+    """Starts saving `step` (asynchronously: arrays are copied off-device, then written)."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=IteratorSave(iterator))
-    return self.manager.save(step, args=args, force=force)
+    self.manager.save(step, args=args, force=True)
 
   def restore(self, step: int, state_like, shardings, iterator):
     """The state saved at `step`, placed in `shardings`; `iterator` is moved to its position."""

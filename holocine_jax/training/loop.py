@@ -1,7 +1,9 @@
 """The training loop: mesh, model, data, state (fresh or restored), steps, metrics, checkpoints.
 
 Metrics of step k are fetched after step k+1 is dispatched, so the host never stalls the
-device; a non-finite loss stops training with the step that produced it.
+device; a non-finite loss stops training with the step that produced it. Checkpoints are saved
+every `checkpoint_every` steps, at the end, and at a preemption notice (jax's preemption sync
+point, or SIGTERM on any process: with several processes the flag is all-gathered every step).
 """
 
 import dataclasses
@@ -66,7 +68,6 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
 
   ckpt = checkpoint.Checkpointer(
     os.path.join(os.fspath(workdir), "checkpoints"),
-    every=train_cfg.checkpoint_every,
     keep=train_cfg.keep_checkpoints,
     async_save=train_cfg.async_checkpoint,
   )
@@ -125,7 +126,7 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
         if last or preempted or done % train_cfg.checkpoint_every == 0:
           report(*pending)
           pending = None
-          ckpt.save(done, train_state, iterator, force=True)
+          ckpt.save(done, train_state, iterator)
         if on_step is not None:
           on_step(done, train_state, device_metrics)
         if preempted:

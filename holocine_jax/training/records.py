@@ -15,18 +15,10 @@ import numpy as np
 
 from holocine_jax import layout
 
-FIELDS = ("latents", "context", "latent_bounds", "text_ranges")
-
 
 def grid_of(record, patch) -> layout.LatentGrid:
   f, h, w, _ = record["latents"].shape
   return layout.LatentGrid(f, h, w, tuple(patch))
-
-
-def num_tokens(shape_fhw: Sequence[int], patch) -> int:
-  """DiT tokens of a latent video of shape (F, H, W): the bucketing key."""
-  f, h, w = shape_fhw
-  return (f // patch[0]) * (h // patch[1]) * (w // patch[2])
 
 
 def windows_of(record) -> layout.TextWindows:
