@@ -58,3 +58,60 @@ def sampler(**overrides) -> ml_collections.ConfigDict:
   )
   base.update(overrides)
   return ml_collections.ConfigDict(base)
+
+
+def train(**overrides) -> ml_collections.ConfigDict:
+  """Optimizer, flow-matching and checkpointing settings; configs override what differs."""
+  base = dict(
+    seed=0,
+    num_steps=1000,
+    global_batch=8,
+    learning_rate=1e-5,  # peak, after linear warmup
+    warmup_steps=200,
+    decay="cosine",  # "cosine" | "constant"
+    end_lr_ratio=0.1,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.01,
+    clip_norm=1.0,
+    timestep_shift=5.0,  # training sigmas s' = shift s / (1 + (shift - 1) s)
+    expert="all",  # "high": t >= boundary*1000, "low": below, "all": one model for every t
+    boundary=0.875,  # Wan2.2 expert switch
+    log_every=10,
+    checkpoint_every=500,
+    keep_checkpoints=3,
+    async_checkpoint=True,
+    tensorboard=True,
+    progress_bar=True,
+  )
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def data(**overrides) -> ml_collections.ConfigDict:
+  """Training data: source, latent geometry, shot bounds (fixed per job), loader threads."""
+  base = dict(
+    source="tfds",  # "synthetic" | "tfds" (ArrayRecord written by training.preprocess)
+    data_dir="",  # tfds: the preprocess --out folder
+    split="train",
+    num_samples=0,  # synthetic only
+    frame_choices=(241,),  # synthetic only: video frame counts drawn per sample
+    latent_height=60,  # 480 x 832 video
+    latent_width=104,
+    max_shots=13,  # fixed per job: new cuts never recompile
+    max_shot_frames=61,
+    text_len=512,
+    seed=0,
+    num_threads=8,
+    prefetch=4,
+  )
+  base.update(overrides)
+  return ml_collections.ConfigDict(base)
+
+
+def distributed(initialize: bool) -> ml_collections.ConfigDict:
+  """jax.distributed settings (empty values: auto-detected on TPU VMs)."""
+  return ml_collections.ConfigDict(
+    dict(initialize=initialize, coordinator_address="", num_processes=0, process_id=-1)
+  )

@@ -51,51 +51,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.text_len = 16
   config.mesh = common.mesh()
   config.logical_rules = common.logical_rules()
-  config.data = ml_collections.ConfigDict(
-    dict(
-      source="synthetic",  # "synthetic" | "tfds" (ArrayRecord written by training.preprocess)
-      data_dir="",  # tfds: the preprocess --out folder
-      split="train",
-      num_samples=a.samples,  # synthetic only
-      frame_choices=(13, 17),  # synthetic: 4 or 5 latent frames -> two shape buckets
-      latent_height=8,
-      latent_width=8,
-      max_shots=3,  # fixed per job: new cuts never recompile
-      max_shot_frames=5,
-      text_len=32,
-      seed=0,
-      num_threads=2,
-      prefetch=4,
-    )
+  config.data = common.data(
+    source="synthetic",
+    num_samples=a.samples,
+    frame_choices=(13, 17),  # 4 or 5 latent frames -> two shape buckets
+    latent_height=8,
+    latent_width=8,
+    max_shots=3,
+    max_shot_frames=5,
+    text_len=32,
+    num_threads=2,
   )
-  config.train = ml_collections.ConfigDict(
-    dict(
-      seed=0,
-      num_steps=a.steps,
-      global_batch=a.batch,
-      learning_rate=a.lr,  # peak, after linear warmup
-      warmup_steps=20,
-      decay="cosine",  # "cosine" | "constant"
-      end_lr_ratio=0.1,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      weight_decay=0.01,
-      clip_norm=1.0,
-      timestep_shift=5.0,  # training sigmas s' = shift s / (1 + (shift - 1) s)
-      expert=a.expert,  # "high": t >= boundary*1000, "low": below, "all": one model for every t
-      boundary=0.875,  # Wan2.2 expert switch
-      log_every=10,
-      checkpoint_every=a.ckpt_every,
-      keep_checkpoints=3,
-      async_checkpoint=True,
-      tensorboard=True,
-      progress_bar=True,
-    )
+  config.train = common.train(
+    num_steps=a.steps,
+    global_batch=a.batch,
+    learning_rate=a.lr,
+    warmup_steps=20,
+    expert=a.expert,
+    checkpoint_every=a.ckpt_every,
   )
-  config.distributed = ml_collections.ConfigDict(
-    dict(initialize=False, coordinator_address="", num_processes=0, process_id=-1)
-  )
+  config.distributed = common.distributed(initialize=False)
   config.sampler = common.sampler(num_steps=8)
   config.sample = ml_collections.ConfigDict(
     dict(

@@ -54,49 +54,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.boundary = 0.875  # high-noise expert for t >= boundary * 1000
   config.mesh = common.mesh(fsdp=a.fsdp, tensor=a.tensor, context=a.context)
   config.logical_rules = common.logical_rules()
-  config.data = ml_collections.ConfigDict(
-    dict(
-      source="tfds",  # written by holocine_jax.training.preprocess
-      data_dir=a.data_dir,
-      split="train",
-      num_samples=0,  # synthetic only
-      frame_choices=(241,),  # synthetic only
-      latent_height=60,  # 480 x 832 video
-      latent_width=104,
-      max_shots=13,  # the paper trains up to 13 shots; fixed per job
-      max_shot_frames=61,
-      text_len=512,
-      seed=0,
-      num_threads=8,
-      prefetch=4,
-    )
+  config.data = common.data(data_dir=a.data_dir)
+  config.train = common.train(
+    num_steps=a.steps,
+    global_batch=a.batch,
+    learning_rate=a.lr,
+    expert=a.expert,
+    boundary=config.boundary,
   )
-  config.train = ml_collections.ConfigDict(
-    dict(
-      seed=0,
-      num_steps=a.steps,
-      global_batch=a.batch,
-      learning_rate=a.lr,  # peak, after linear warmup
-      warmup_steps=200,
-      decay="cosine",  # "cosine" | "constant"
-      end_lr_ratio=0.1,
-      b1=0.9,
-      b2=0.999,
-      eps=1e-8,
-      weight_decay=0.01,
-      clip_norm=1.0,
-      timestep_shift=5.0,  # training sigmas s' = shift s / (1 + (shift - 1) s)
-      expert=a.expert,  # "high": t >= boundary*1000, "low": below, "all": one model for every t
-      boundary=config.boundary,  # Wan2.2 expert switch
-      log_every=10,
-      checkpoint_every=500,
-      keep_checkpoints=3,
-      async_checkpoint=True,
-      tensorboard=True,
-      progress_bar=True,
-    )
-  )
-  config.distributed = ml_collections.ConfigDict(
-    dict(initialize=True, coordinator_address="", num_processes=0, process_id=-1)
-  )
+  config.distributed = common.distributed(initialize=True)
   return config
