@@ -20,7 +20,9 @@ from flax import struct
 NUM_TRAIN_TIMESTEPS = 1000
 
 
-def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
+def shift_sigmas(sigmas, shift: float):
+  """s' = shift s / (1 + (shift - 1) s): more steps at high noise for shift > 1 (numpy or jnp);
+  the training timestep distribution uses the same shift."""
   return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 

@@ -12,16 +12,13 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from holocine_jax.sampling import schedulers
+
 EXPERTS = ("all", "high", "low")
 
 
-def shift_sigma(u, shift: float):
-  """s' = shift s / (1 + (shift - 1) s): more time at high noise for shift > 1."""
-  return shift * u / (1 + (shift - 1) * u)
-
-
 def unshift_sigma(s, shift: float):
-  """Inverse of `shift_sigma`."""
+  """Inverse of `schedulers.shift_sigmas` (the sampler's timestep shift)."""
   return s / (shift - (shift - 1) * s)
 
 
@@ -55,7 +52,7 @@ class FlowMatching:
     """[B] shifted sigmas in [lo, hi), drawn as shift(u) with u uniform on the pre-image."""
     u_lo, u_hi = unshift_sigma(self.sigma_lo, self.shift), unshift_sigma(self.sigma_hi, self.shift)
     u_B = jax.random.uniform(key, (batch,), jnp.float32, u_lo, u_hi)
-    return jnp.clip(shift_sigma(u_B, self.shift), self.sigma_lo, self.sigma_hi)
+    return jnp.clip(schedulers.shift_sigmas(u_B, self.shift), self.sigma_lo, self.sigma_hi)
 
 
 def flow_matching_loss(apply_fn, params, batch, key, fm: FlowMatching):
