@@ -7,8 +7,38 @@ import jax.numpy as jnp
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 
 
+class ModelConfig:
+  """Shared by the model config dataclasses: `param_dtype` / `dtype` fields as dtypes, and
+  construction from a config-file block that rejects unknown fields by name."""
+
+  def _check_dtypes(self):
+    for name in ("param_dtype", "dtype"):
+      try:
+        jnp.dtype(getattr(self, name))
+      except TypeError as e:
+        raise ValueError(f"{name} {getattr(self, name)!r} is not a dtype") from e
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def params_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+  @classmethod
+  def from_config(cls, block):
+    """From an ml_collections block (or any mapping) of the dataclass fields."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    items = dict(block.items() if hasattr(block, "items") else block)
+    unknown = sorted(set(items) - fields)
+    if unknown:
+      raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(fields)}")
+    return cls(**items)
+
+
 @dataclasses.dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(ModelConfig):
   """The Wan2.2 DiT; defaults are the A14B expert (each of the two experts)."""
 
   dim: int = 5120
@@ -45,22 +75,8 @@ class DiTConfig:
       raise ValueError(f"unknown attention_impl {self.attention_impl!r}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
-    for name in ("param_dtype", "dtype"):
-      jnp.dtype(getattr(self, name))
+    self._check_dtypes()
 
   @property
   def head_dim(self) -> int:
     return self.dim // self.num_heads
-
-  @property
-  def compute_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  @property
-  def params_dtype(self):
-    return jnp.dtype(self.param_dtype)
-
-  @classmethod
-  def from_config(cls, model_config) -> "DiTConfig":
-    """From an ml_collections block (or any mapping) of the fields above."""
-    return cls(**dict(model_config))

@@ -23,6 +23,7 @@ import numpy as np
 from flax.core import meta
 
 from holocine_jax import sharding
+from holocine_jax.model.config import ModelConfig
 from holocine_jax.model.layers import Linear, RMSNorm, constrain, layer_stack, param_init
 
 ACT_BTD = ("act_batch", "act_text", "act_embed")
@@ -32,7 +33,7 @@ ACT_BTF = ("act_batch", "act_text", "act_mlp")
 
 
 @dataclasses.dataclass(frozen=True)
-class UMT5Config:
+class UMT5Config(ModelConfig):
   """umT5 encoder hyper-parameters; defaults are umT5-XXL as Wan2.2 ships it (bf16)."""
 
   vocab_size: int = 256384
@@ -58,21 +59,7 @@ class UMT5Config:
       raise ValueError(
         f"max_distance {self.max_distance} must exceed the exact range {self.num_buckets // 4}"
       )
-    for name in ("param_dtype", "dtype"):
-      jnp.dtype(getattr(self, name))
-
-  @property
-  def compute_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  @property
-  def params_dtype(self):
-    return jnp.dtype(self.param_dtype)
-
-  @classmethod
-  def from_config(cls, text_config) -> UMT5Config:
-    """From an ml_collections block (or any mapping) of the fields above."""
-    return cls(**dict(text_config))
+    self._check_dtypes()
 
 
 def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:

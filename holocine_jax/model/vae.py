@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from holocine_jax.model.config import ModelConfig
 from holocine_jax.model.layers import constrain, param_init
 from holocine_jax.video import check_video_shape
 
@@ -35,7 +36,7 @@ WAN21_LATENTS_STD = (
 
 
 @dataclasses.dataclass(frozen=True)
-class VAEConfig:
+class VAEConfig(ModelConfig):
   """Wan2.1 VAE hyper-parameters (defaults: the checkpoint used by Wan2.2-A14B and HoloCine).
 
   decode_chunk / encode_chunk: latent frames per scan step (more = fewer steps, more memory).
@@ -96,8 +97,7 @@ class VAEConfig:
       raise ValueError(
         f"precision must be None, 'default', 'high' or 'highest', got {self.precision}"
       )
-    for name in ("param_dtype", "dtype"):
-      jnp.dtype(getattr(self, name))
+    self._check_dtypes()
 
   @property
   def time_stride(self) -> int:
@@ -106,24 +106,6 @@ class VAEConfig:
   @property
   def space_stride(self) -> int:
     return 2 ** (len(self.dim_mult) - 1)
-
-  @property
-  def compute_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  @property
-  def params_dtype(self):
-    return jnp.dtype(self.param_dtype)
-
-  @classmethod
-  def from_config(cls, vae_config) -> VAEConfig:
-    """From an ml_collections block (or any mapping) of the fields above."""
-    fields = {f.name for f in dataclasses.fields(cls)}
-    items = dict(vae_config.items() if hasattr(vae_config, "items") else vae_config)
-    unknown = sorted(set(items) - fields)
-    if unknown:
-      raise ValueError(f"unknown VAE config fields {unknown}; known: {sorted(fields)}")
-    return cls(**items)
 
 
 # ---------------------------------------------------------------------------------------------
