@@ -10,7 +10,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from holocine_jax import attention, layout, sharding
-from holocine_jax.attention import packed, reference, shot_kernel
+from holocine_jax.attention import chunked, packed, reference, shot_kernel
 from holocine_jax.layout import ShotLayout
 
 PER_FRAME = 5  # with 8-token blocks, most shot boundaries fall inside a block
@@ -142,3 +142,12 @@ def test_kernel_under_shard_map_with_context_sharded_input():
     out = jax.jit(fn)(q, k, v, shots)
   want = reference.sparse_shot_attention(q, k, v, shots)
   np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=0, atol=2e-6)
+
+
+def test_chunked_attention_equals_reference_with_bias():
+  q, k, v = jax.random.normal(jax.random.key(9), (3, 2, 37, 2, 8))
+  bias = jnp.where(jax.random.bernoulli(jax.random.key(10), 0.3, (2, 37, 37)), -1e4, 0.0)
+  want = reference.attention(q, k, v, bias_BxLxM=bias)
+  for chunk in (8, 37, 64):  # padded last chunk, one exact chunk, one chunk larger than L
+    got = chunked.chunked_attention(q, k, v, bias_BxLxM=bias, chunk=chunk)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)

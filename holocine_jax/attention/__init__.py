@@ -5,7 +5,8 @@ into fixed slots), "kernel" (Pallas block-sparse flash kernel: Mosaic grid style
 loop style on GPU, interpret mode on CPU). "auto" takes the kernel on TPU and the packed path
 elsewhere (the GPU kernel is only validated in interpret mode so far). Full attention: "kernel"
 runs the same kernel on a one-shot layout (flash attention), "reference" the oracle, anything
-else `jax.nn.dot_product_attention` (XLA; cuDNN on GPU where it applies).
+else exact XLA attention over query chunks (`chunked.py`). Cross-attention is always chunked, so
+the [L, T] logits of window cross-attention never exist at once.
 
 Under a mesh the kernel runs in `shard_map` with batch split as `act_batch` and heads split over
 the `act_heads` axes plus any `act_length` (context) axes: a sequence-sharded input is thus
@@ -20,7 +21,7 @@ import jax
 from jax.sharding import PartitionSpec as P
 
 from holocine_jax import layout
-from holocine_jax.attention import masks, packed, reference, shot_kernel
+from holocine_jax.attention import chunked, masks, packed, reference, shot_kernel
 from holocine_jax.layout import ShotBatch
 
 SELF_ATTENTION_MODES = ("full", "sparse")
@@ -44,6 +45,7 @@ def self_attention(
   shots: ShotBatch | None,
   impl: str = "auto",
   block_sizes: shot_kernel.BlockSizes = shot_kernel.BlockSizes(),
+  query_chunk: int = 1024,
 ):
   """Full or HoloCine sparse inter-shot self-attention over the video tokens."""
   if mode not in SELF_ATTENTION_MODES:
@@ -53,7 +55,7 @@ def self_attention(
     if impl == "reference":
       return reference.attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
     if impl != "kernel":
-      return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+      return chunked.chunked_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, chunk=query_chunk)
     shots = layout.dense_batch(*q_BxLxHxK.shape[:2])
   if shots is None:
     raise ValueError("self_attention='sparse' needs a ShotBatch describing the shots")
@@ -85,9 +87,13 @@ def _in_shard_map(kernel, q, k, v, shots: ShotBatch):
   )(q, k, v, shots)
 
 
-def cross_attention(q_BxLxHxK, k_BxTxHxK, v_BxTxHxK, *, shots: ShotBatch | None):
+def cross_attention(
+  q_BxLxHxK, k_BxTxHxK, v_BxTxHxK, *, shots: ShotBatch | None, query_chunk: int = 1024
+):
   """Video-to-text attention; window-masked when `shots` carries text windows."""
   bias_BxLxT = None
   if shots is not None and shots.text_allow_BxNxT is not None:
     bias_BxLxT = masks.window_cross_bias(shots)
-  return reference.attention(q_BxLxHxK, k_BxTxHxK, v_BxTxHxK, bias_BxLxM=bias_BxLxT)
+  return chunked.chunked_attention(
+    q_BxLxHxK, k_BxTxHxK, v_BxTxHxK, bias_BxLxM=bias_BxLxT, chunk=query_chunk
+  )

@@ -49,11 +49,14 @@ class Attention(nn.Module):
         shots=shots,
         impl=c.attention_impl,
         block_sizes=BlockSizes(c.block_q, c.block_kv),
+        query_chunk=c.query_chunk,
       )
     else:
       q_BxLxHxK = constrain(q_BxLxHxK, ACT_BLHK)
       windows = shots if c.window_cross_attention else None
-      out_BxLxHxK = attention.cross_attention(q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, shots=windows)
+      out_BxLxHxK = attention.cross_attention(
+        q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, shots=windows, query_chunk=c.query_chunk
+      )
     out_BxLxHxK = constrain(out_BxLxHxK, ACT_BLHK)
     return Linear((c.dim,), ("heads", "kv"), ("embed",), name="o", **dense)(out_BxLxHxK)
 

@@ -57,6 +57,7 @@ class DiTConfig(ModelConfig):
   attention_impl: str = "auto"  # sparse: "auto" | "reference" | "packed" | "kernel"
   block_q: int = 512  # Pallas kernel block sizes (tokens)
   block_kv: int = 512
+  query_chunk: int = 1024  # XLA full / cross-attention: queries per lax.map step (memory bound)
   window_cross_attention: bool = True
   param_dtype: str = "float32"
   dtype: str = "bfloat16"
