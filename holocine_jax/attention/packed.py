@@ -6,7 +6,6 @@ Legend: B batch, L tokens, N shots (padded), S shot slot length, G summary slots
 dim.
 """
 
-import jax
 import jax.numpy as jnp
 
 from holocine_jax.layout import ShotBatch
@@ -39,10 +38,17 @@ def packed_shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots: ShotBatch):
   sum_BxNxHxSxG = jnp.where(
     shots.summary_valid_BxG[:, None, None, None, :], sum_BxNxHxSxG, -jnp.inf
   )
-  probs = jax.nn.softmax(jnp.concatenate([own_BxNxHxSxS, sum_BxNxHxSxG], axis=-1), axis=-1)
-  out_BxNxSxHxK = jnp.einsum("bnhst,bnthk->bnshk", probs[..., :s], v_own) + jnp.einsum(
-    "bnhsg,bghk->bnshk", probs[..., s:], v_sum_BxGxHxK
+  # One softmax over both parts without concatenating them: shared max, summed denominators.
+  m_BxNxHxSx1 = jnp.maximum(
+    own_BxNxHxSxS.max(-1, keepdims=True), sum_BxNxHxSxG.max(-1, keepdims=True)
   )
+  p_own = jnp.exp(own_BxNxHxSxS - m_BxNxHxSx1)
+  p_sum = jnp.exp(sum_BxNxHxSxG - m_BxNxHxSx1)
+  denom_BxNxHxSx1 = p_own.sum(-1, keepdims=True) + p_sum.sum(-1, keepdims=True)
+  out_BxNxHxSxK = jnp.einsum("bnhst,bnthk->bnhsk", p_own, v_own) + jnp.einsum(
+    "bnhsg,bghk->bnhsk", p_sum, v_sum_BxGxHxK
+  )
+  out_BxNxSxHxK = jnp.moveaxis(out_BxNxHxSxK / denom_BxNxHxSx1, 2, 3)
   shot_BxL = shots.shot_id_BxL
   own_start_BxL = jnp.take_along_axis(start_BxN, shot_BxL, axis=1)
   slot_BxL = shot_BxL * s + jnp.arange(num_l, dtype=jnp.int32)[None] - own_start_BxL
