@@ -36,6 +36,7 @@ from flax.core import meta  # noqa: E402
 
 from configs import tiny, wan22_t2v_a14b  # noqa: E402
 from holocine_jax import layout, sharding  # noqa: E402
+from holocine_jax.model import dit  # noqa: E402
 from holocine_jax.model.config import DiTConfig  # noqa: E402
 from holocine_jax.model.dit import WanDiT  # noqa: E402
 from holocine_jax.training import global_batch, records, state, synthetic  # noqa: E402
@@ -139,7 +140,7 @@ def _a14b(num_layers=None, remat="full"):
 def _compiled_temp(num_layers, frames):
   """Compiled temp bytes of grad(loss) for the A14B expert at `num_layers`, one device, CPU."""
   config, model = _a14b(num_layers)
-  params = jax.eval_shape(lambda k: meta.unbox(model.init(k, *state.dummy_inputs(model.config))),
+  params = jax.eval_shape(lambda k: meta.unbox(dit.init_fn(model.config)(k)),
                           jax.random.key(0))  # fmt: skip
   grid = layout.LatentGrid(frames, 60, 104)
   shots = layout.make_batch([layout.ShotLayout.single_shot(grid)],

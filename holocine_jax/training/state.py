@@ -4,11 +4,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 
-from holocine_jax import layout, sharding
+from holocine_jax import sharding
+from holocine_jax.model import dit
 
 
 @struct.dataclass
@@ -42,24 +42,12 @@ def optimizer(train) -> tuple[optax.GradientTransformation, optax.Schedule]:
   return tx, schedule
 
 
-def dummy_inputs(model_config):
-  """Smallest valid DiT inputs (parameters do not depend on the input shapes)."""
-  pt, ph, pw = model_config.patch_size
-  grid = layout.LatentGrid(pt, ph, pw, tuple(model_config.patch_size))
-  shots = layout.make_batch(
-    [layout.ShotLayout.single_shot(grid)], [layout.TextWindows((0, 1), ((0, 1),))], text_len=2
-  )
-  latents = np.zeros((1, pt, ph, pw, model_config.in_channels), np.float32)
-  context = np.zeros((1, 2, model_config.text_dim), np.float32)
-  return latents, np.zeros((1,), np.float32), context, shots
-
-
 def init_fn(model, tx):
   """key -> TrainState of boxed arrays (the optimizer state inherits the params' logical names)."""
-  inputs = dummy_inputs(model.config)
+  init_params = dit.init_fn(model.config)
 
   def init(key):
-    params = model.init(key, *inputs)
+    params = init_params(key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   return init
