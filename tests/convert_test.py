@@ -21,7 +21,7 @@ from holocine_jax import config_file, convert, sharding
 from holocine_jax.model import umt5, vae
 from holocine_jax.model.dit import WanDiT
 from holocine_jax.weights import diffusers_dit, formats, keymap, loader, reader
-from tests import keymap_test
+from tests import keymap_test, umt5_test
 from tests import wan_reference as ref
 
 T5 = dict(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)
@@ -86,27 +86,9 @@ def _original_dit(model):
   return {keymap_test._original_name(k): v for k, v in _state(model).items()}
 
 
-_T5_NAMES = {
-  "layer.0.layer_norm": "norm1", "layer.0.SelfAttention.q": "attn.q",
-  "layer.0.SelfAttention.k": "attn.k", "layer.0.SelfAttention.v": "attn.v",
-  "layer.0.SelfAttention.o": "attn.o", "layer.1.layer_norm": "norm2",
-  "layer.0.SelfAttention.relative_attention_bias": "pos_embedding.embedding",
-  "layer.1.DenseReluDense.wi_0": "ffn.gate.0", "layer.1.DenseReluDense.wi_1": "ffn.fc1",
-  "layer.1.DenseReluDense.wo": "ffn.fc2",
-}  # fmt: skip
-
-
 def _wan_t5(model):
   """transformers umT5 -> Wan's own T5 names (models_t5_umt5-xxl-enc-bf16.pth)."""
-  hf = _state(model)
-  out = {
-    "token_embedding.weight": hf["shared.weight"],
-    "norm.weight": hf["encoder.final_layer_norm.weight"],
-  }
-  for i in range(T5["num_layers"]):
-    for a, b in _T5_NAMES.items():
-      out[f"blocks.{i}.{b}.weight"] = hf[f"encoder.block.{i}.{a}.weight"]
-  return out
+  return umt5_test.to_wan_names(_state(model), T5["num_layers"])
 
 
 _VAE_RES = {
