@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import timing  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import torch  # noqa: E402
 from flax.core import meta  # noqa: E402
 
@@ -28,15 +29,6 @@ SHAPES = [
   ("medium", 8, 32, 4, 1024, 9, 16, 32),
 ]
 TEXT_LEN, TEXT_DIM, CHANNELS = 64, 64, 16
-
-
-def _time(fn, repeats):
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
 
 
 def bench(name, heads, head_dim, layers, ffn, f, h, w, repeats):
@@ -74,8 +66,8 @@ def bench(name, heads, head_dim, layers, ffn, f, h, w, repeats):
   start = time.perf_counter()
   compiled = fwd.lower(params, x, t, ctx).compile()
   compile_s = time.perf_counter() - start
-  ours = _time(lambda: compiled(params, x, t, ctx).block_until_ready(), repeats)
-  theirs = _time(lambda: wan_reference.run(torch_model, x, t, ctx), repeats)
+  ours = timing.best_of(lambda: compiled(params, x, t, ctx).block_until_ready(), repeats)
+  theirs = timing.best_of(lambda: wan_reference.run(torch_model, x, t, ctx), repeats)
   want = wan_reference.run(torch_model, x, t, ctx)
   err = np.abs(np.asarray(compiled(params, x, t, ctx)) - want).max() / np.abs(want).max()
   tokens = f * (h // 2) * (w // 2)

@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import timing  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from configs import tiny  # noqa: E402
 from holocine_jax import layout, scene  # noqa: E402
@@ -54,11 +55,9 @@ def run(attention: str, num_shots: int, args) -> tuple[float, float, int]:
   start = time.perf_counter()
   jax.block_until_ready(sampler(params, None, noise, context, shots))
   first = time.perf_counter() - start
-  best = float("inf")
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(sampler(params, None, noise, context, shots))
-    best = min(best, time.perf_counter() - start)
+  best = timing.best_of(
+    lambda: jax.block_until_ready(sampler(params, None, noise, context, shots)), args.repeats
+  )
   return first - best, best, grid.num_tokens
 
 

@@ -10,25 +10,22 @@ attention (jax.nn.dot_product_attention), forward and forward+backward, side by 
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import timing  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from holocine_jax import layout  # noqa: E402
 from holocine_jax.attention import packed, shot_kernel  # noqa: E402
 
 
 def best_time(fn, *args, repeats):
-  jax.block_until_ready(fn(*args))
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - start)
-  return best
+  """Best seconds of `fn(*args)` after one warm-up (compile) call."""
+  run = lambda: jax.block_until_ready(fn(*args))
+  run()
+  return timing.best_of(run, repeats)
 
 
 def flops(shots_list, heads, head_dim):

@@ -30,20 +30,12 @@ from flax.core import meta
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout
 
+import timing  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 from holocine_jax.model import vae  # noqa: E402
 from holocine_jax.weights import diffusers_vae, keymap  # noqa: E402
 
 MIB = 2**20
-
-
-def _time(fn, repeats: int) -> float:
-  """Best wall time of `repeats` calls (ours is compiled beforehand; torch needs no warm-up)."""
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t0)
-  return best
 
 
 def _peak(mem) -> int:
@@ -92,7 +84,9 @@ def main():
     mem = compiled.memory_analysis()
     whole_cfg = dataclasses.replace(cfg, decode_chunk=max(t - 1, 1))
     whole = decode.lower(params, lat, whole_cfg).compile().memory_analysis()
-    ours = _time(lambda c=compiled, z=lat: jax.block_until_ready(c(params, z)), args.repeats)
+    ours = timing.best_of(
+      lambda c=compiled, z=lat: jax.block_until_ready(c(params, z)), args.repeats
+    )
     torch_cell, ratio_cell = "", ""
     if t == args.torch_frames:
       mean = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
@@ -103,8 +97,8 @@ def main():
         run_torch = lambda r=raw: ref.decode(r)
         theirs = float("inf")
         for _ in range(2):  # interleaved, best of each
-          ours = min(ours, _time(run_ours, 1))
-          theirs = min(theirs, _time(run_torch, 1))
+          ours = min(ours, timing.best_of(run_ours, 1))
+          theirs = min(theirs, timing.best_of(run_torch, 1))
         out_t = ref.decode(raw).sample.numpy().transpose(0, 2, 3, 4, 1)
       err = np.abs(np.asarray(compiled(params, lat)) - out_t).max()
       torch_cell, ratio_cell = f"{theirs:7.2f}", f"{theirs / ours:10.2f}"
