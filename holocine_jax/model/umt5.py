@@ -225,12 +225,6 @@ def init_fn(config: UMT5Config, batch: int = 1, length: int = 8):
   return init
 
 
-def random_params(config: UMT5Config, key=None):
-  """Unsharded random params on the default device (tests, benchmarks, small configs)."""
-  key = jax.random.key(0) if key is None else key
-  return meta.unbox(jax.jit(init_fn(config))(key))
-
-
 def abstract_params(config: UMT5Config):
   """(ShapeDtypeStruct tree, logical spec tree) of the params; allocates nothing."""
   return sharding.abstract_params(init_fn(config), jax.random.key(0))
@@ -277,5 +271,4 @@ def make_encode_fn(config: UMT5Config, mesh, rules, shardings):
     with sharding.activate(mesh, rules):
       return jitted(params, ids_BxT, mask_BxT)
 
-  call.jitted = jitted
   return call
