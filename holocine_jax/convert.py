@@ -7,10 +7,11 @@
       --config configs/wan22_t2v_a14b.py:attention=sparse --out /data/sparse  # sparse_* experts
 
 Writes one orbax checkpoint per component found (`high`, `low` experts, `text_encoder`, `vae`)
-plus `convert.json` (sources, sizes, format, configs, dtype, param counts, times). Parameters are
-streamed one at a time into their shardings (see weights/loader.py) and saved in chunks with
-orbax partial saves, so the devices hold at most one chunk (`--chunk_mb`, or the largest
-parameter) and the host about one parameter's local slice. Everything is written into
+plus `convert.json` (sources, sizes, format, configs, source dtypes, saved dtype, param counts,
+times). Source tensors must be floating point and finite (`--allow_nonfinite` lets NaN/Inf pass).
+Parameters are streamed one at a time into their shardings (see weights/loader.py) and saved in
+chunks with orbax partial saves, so the devices hold at most one chunk (`--chunk_mb`, or the
+largest parameter) and the host about one parameter's local slice. Everything is written into
 `.<out>.partial` next to `--out` (a local or mounted path) and renamed at the end: a killed
 conversion leaves no directory that looks complete.
 `load(directory, component, mesh, rules)` restores a component straight into its shardings.
@@ -37,7 +38,9 @@ RECORD = "convert.json"
 DEFAULT_CONFIG = "configs/wan22_t2v_a14b.py"
 
 
-def _save_component(component, config, mesh, rules, path, chunk_bytes, hint, progress) -> dict:
+def _save_component(
+  component, config, mesh, rules, path, chunk_bytes, hint, progress, allow_nonfinite
+) -> dict:
   """Streams one component into an orbax checkpoint at `path`; returns its record."""
   start = time.time()
   checkpoint, plan, shapes, shardings, naming = loader.prepare(
@@ -58,7 +61,8 @@ def _save_component(component, config, mesh, rules, path, chunk_bytes, hint, pro
   context.array.saving.min_slice_bytes_for_replica_parallel = chunk_bytes
   bar = tqdm.tqdm(total=total, unit="B", unit_scale=True, desc=component.name, disable=not progress)
   with context, bar:
-    for name, array in loader.iter_params(checkpoint, plan, shapes, shardings):
+    params = loader.iter_params(checkpoint, plan, shapes, shardings, allow_nonfinite)
+    for name, array in params:
       chunk[name] = array
       chunk_size += array.nbytes
       bar.update(array.nbytes)
@@ -73,6 +77,7 @@ def _save_component(component, config, mesh, rules, path, chunk_bytes, hint, pro
     naming=naming,
     files=[dict(path=os.path.abspath(f), bytes=os.path.getsize(f)) for f in component.files],
     config=dataclasses.asdict(config),
+    source_dtypes=loader.source_dtypes(checkpoint, plan),
     dtype=str(leaves[0].dtype),
     num_params=sum(x.size for x in leaves),
     bytes=total,
@@ -90,6 +95,7 @@ def convert(
   components: tuple[str, ...] | None = None,
   chunk_mb: int = 16,
   progress: bool = True,
+  allow_nonfinite: bool = False,
 ) -> dict:
   """Converts every component found below `src` into `out`; returns the record as written."""
   start = time.time()
@@ -123,6 +129,7 @@ def convert(
         chunk_mb << 20,
         config,
         progress,
+        allow_nonfinite,
       )
     record["seconds"] = round(time.time() - start, 3)
     with open(os.path.join(tmp, RECORD), "w") as f:
@@ -174,6 +181,9 @@ def main(argv=None) -> dict:
   parser.add_argument("--components", default=None, help="comma list, e.g. high,low")
   parser.add_argument("--chunk_mb", type=int, default=16, help="MB per orbax partial save")
   parser.add_argument("--no_progress", action="store_true")
+  parser.add_argument(
+    "--allow_nonfinite", action="store_true", help="convert NaN/Inf weights instead of failing"
+  )
   args = parser.parse_args(argv)
   return convert(
     args.src,
@@ -184,6 +194,7 @@ def main(argv=None) -> dict:
     components=None if args.components is None else tuple(args.components.split(",")),
     chunk_mb=args.chunk_mb,
     progress=not args.no_progress,
+    allow_nonfinite=args.allow_nonfinite,
   )
 
 

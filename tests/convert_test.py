@@ -443,6 +443,38 @@ def test_broken_expert_leaves_no_checkpoint(models, config_path, tmp_path, edit,
   )
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
+def test_integer_and_bool_weights_are_refused_naming_the_key(models, config_path, tmp_path, dtype):
+  state = {k: v.to(dtype) if k.endswith("ffn.0.weight") else v for k, v in
+           _original_dit(models["high"]).items()}  # fmt: skip
+  save_file(state, str(tmp_path / "full_high_noise.safetensors"))
+  out, run = _cli(str(tmp_path), config_path)
+  name = str(dtype).removeprefix("torch.")
+  with pytest.raises(
+    loader.WeightValueError,
+    match=rf"must be floating point, but 2 checkpoint tensors are not: "
+    rf"blocks.0.ffn.0.weight \({name}\), blocks.1.ffn.0.weight \({name}\)",
+  ):
+    run()
+  assert not os.path.exists(out)
+
+
+def test_nonfinite_weight_is_refused_unless_allowed(models, config_path, tmp_path):
+  state = {k: v.to(torch.float16) for k, v in _original_dit(models["high"]).items()}
+  state["blocks.1.self_attn.k.weight"][3, 5] = float("nan")
+  save_file(state, str(tmp_path / "full_high_noise.safetensors"))
+  out, run = _cli(str(tmp_path), config_path)
+  with pytest.raises(
+    loader.WeightValueError,
+    match=r"non-finite values .* in checkpoint tensors blocks.1.self_attn.k.weight \(1 of 128 ",
+  ):
+    run()
+  assert not os.path.exists(out)
+  record = _cli(str(tmp_path), config_path, "--allow_nonfinite")[1]()["components"]["high"]
+  assert record["source_dtypes"] == {"float16": len(state)}  # saved as the config's float32
+  assert record["dtype"] == "float32"
+
+
 def test_shape_mismatch_names_the_config(models, tmp_path):
   root = _write_wan(str(tmp_path), models)
   _, run = _cli(root, "configs/tiny.py", "--components", "text_encoder")  # umT5-XXL default
