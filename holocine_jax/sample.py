@@ -85,14 +85,37 @@ def _text(config, checkpoint, tokenizer, mesh, rules):
 
 
 def _decoder(config, checkpoint, mesh, rules):
+  """(latents, num_frames, height, width) -> uint8 video; raises job.NonFiniteOutputError naming
+  the scenes whose latents or decoded pixels are not finite."""
   if config.sample.decoder == "latent_rgb":
-    return generator.latent_preview
-  if not checkpoint:
-    raise ValueError("the VAE decoder needs --checkpoint with a 'vae' component")
-  _, vae_config = convert.component_config(checkpoint, "vae")
-  params = convert.load(checkpoint, "vae", mesh, rules)
-  decode = jax.jit(lambda z: video.to_uint8(vae.decode(params, z, vae_config)))
-  return lambda latents, num_frames, height, width: decode(latents)
+    to_video = lambda latents, *size: (generator.latent_preview(latents, *size), None)
+  else:
+    if not checkpoint:
+      raise ValueError("the VAE decoder needs --checkpoint with a 'vae' component")
+    _, vae_config = convert.component_config(checkpoint, "vae")
+    params = convert.load(checkpoint, "vae", mesh, rules)
+    decode = vae_decoder(vae_config)
+    to_video = lambda latents, *size: decode(params, latents)
+
+  def checked(latents, *size):
+    job.check_finite("latents", job.finite_rows(latents))
+    frames, finite_B = to_video(latents, *size)
+    if finite_B is not None:
+      job.check_finite("pixels", finite_B)
+    return frames
+
+  return checked
+
+
+def vae_decoder(vae_config):
+  """Jitted (VAE params, latents [B, F, H, W, Z]) -> (uint8 video, bool [B]: pixels finite):
+  the job's decode step."""
+
+  def decode(params, latents):
+    pixels = vae.decode(params, latents, vae_config)
+    return video.to_uint8(pixels), job.finite_rows(pixels)
+
+  return jax.jit(decode)
 
 
 def build(config, *, checkpoint=None, tokenizer=None, random_init=False) -> generator.Generator:
@@ -156,20 +179,9 @@ def main(argv=None) -> job.JobReport:
     metadata=metadata,
     progress=not args.no_progress,
   )
-  print(
-    json.dumps(
-      dict(
-        done=len(report.done),
-        skipped=len(report.skipped),
-        failed=report.failed,
-        bad_lines=report.bad_lines,
-      ),
-      indent=2,
-    )
-  )
+  print(json.dumps(report.summary(), indent=2))
   return report
 
 
 if __name__ == "__main__":
-  report = main()
-  sys.exit(1 if report.failed else 0)
+  sys.exit(main().exit_code)

@@ -3,22 +3,47 @@
 Outputs are written atomically, the sidecar last, so a scene is done iff its sidecar exists; a
 rerun skips done scenes and a killed run leaves no partial file. Requests of equal shape are
 batched (up to `batch_size`, the data-parallel width); a bad line or a failed batch is reported
-and the rest still run.
+and the rest still run. Nothing non-finite is written: a scene whose latents or pixels hold NaN
+or Inf fails (`NonFiniteOutputError`) and its finite batch-mates are generated again without it;
+sidecars are strict JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
 import time
 from collections.abc import Callable, Iterable
 
+import jax.numpy as jnp
+import numpy as np
 import tqdm
 
 from holocine_jax import files
 from holocine_jax.sampling import video_io
 from holocine_jax.sampling.requests import RequestError, SceneRequest
+
+
+class NonFiniteOutputError(FloatingPointError):
+  """Scenes of a batch (by position) whose latents or pixels hold NaN or Inf."""
+
+  def __init__(self, what: str, positions):
+    self.what, self.positions = what, [int(i) for i in positions]
+    super().__init__(f"non-finite {what} (NaN or Inf) for batch positions {self.positions}")
+
+
+def finite_rows(x_BxN) -> jnp.ndarray:
+  """bool [B]: whether each row of `x` (any trailing shape) is entirely finite."""
+  return jnp.isfinite(x_BxN).reshape(x_BxN.shape[0], -1).all(axis=1)
+
+
+def check_finite(what: str, finite_B) -> None:
+  """Raises NonFiniteOutputError naming the positions where `finite_B` is False."""
+  bad = np.flatnonzero(~np.asarray(finite_B))
+  if bad.size:
+    raise NonFiniteOutputError(what, bad)
 
 
 @dataclasses.dataclass
@@ -27,6 +52,21 @@ class JobReport:
   skipped: list[str] = dataclasses.field(default_factory=list)
   failed: dict[str, str] = dataclasses.field(default_factory=dict)
   bad_lines: list[str] = dataclasses.field(default_factory=list)
+
+  @property
+  def exit_code(self) -> int:
+    """0 when every line was valid and every scene is done, else 1."""
+    return 1 if self.failed or self.bad_lines else 0
+
+  def summary(self) -> dict:
+    """The JSON summary the CLI prints."""
+    return dict(
+      done=len(self.done),
+      skipped=len(self.skipped),
+      failed=self.failed,
+      bad_lines=self.bad_lines,
+      exit_code=self.exit_code,
+    )
 
 
 def output_paths(out_dir: str, request_id: str) -> tuple[str, str]:
@@ -81,35 +121,52 @@ def run(
       todo.append(item)
   if report.skipped:
     log(f"{len(report.skipped)} scenes already done in {out_dir}; {len(todo)} to go")
+
+  def fail(r: SceneRequest, error: Exception) -> None:
+    report.failed[r.id] = f"{type(error).__name__}: {error}"
+    log(f"scene {r.id} (line {r.line}) failed: {type(error).__name__}: {error}")
+    bar.update(1)
+
   bar = tqdm.tqdm(total=len(todo), unit="scene", disable=not progress)
-  for batch in batches(todo, batch_size):
+  queue = batches(todo, batch_size)
+  while queue:
+    batch = queue.pop(0)
     start = time.perf_counter()
     try:
       results = generate(batch)
+    except NonFiniteOutputError as e:
+      rest = [r for i, r in enumerate(batch) if i not in e.positions]
+      for r in (r for r in batch if r not in rest):
+        fail(r, e)
+      if rest:  # a scene's output must not depend on its batch-mates: generate them alone
+        log(f"generating {[r.id for r in rest]} again without their non-finite batch-mates")
+        queue.insert(0, rest)
+      continue
     except Exception as e:  # noqa: BLE001  (one failed batch must not stop the job)
       for r in batch:
-        report.failed[r.id] = f"{type(e).__name__}: {e}"
-        log(f"scene {r.id} (line {r.line}) failed: {type(e).__name__}: {e}")
-      bar.update(len(batch))
+        fail(r, e)
       continue
     for r, (frames, timings) in zip(batch, results, strict=True):
-      mp4, sidecar = output_paths(out_dir, r.id)
-      video_io.write_mp4(mp4, frames, fps)
-      files.write_json(
-        sidecar,
-        dict(
-          request=r.to_json(),
-          latent_bounds=list(r.scene.latent_bounds()),
-          fps=fps,
-          frames=list(frames.shape),
-          timings=timings,
-          batch=[x.id for x in batch],
-          **(metadata or {}),
-        ),
+      sidecar = dict(
+        request=r.to_json(),
+        latent_bounds=list(r.scene.latent_bounds()),
+        fps=fps,
+        frames=list(frames.shape),
+        timings=timings,
+        batch=[x.id for x in batch],
+        **(metadata or {}),
       )
+      try:
+        json.dumps(sidecar, allow_nan=False)  # strict JSON, checked before anything is written
+      except ValueError as e:
+        fail(r, e)
+        continue
+      mp4, sidecar_path = output_paths(out_dir, r.id)
+      video_io.write_mp4(mp4, frames, fps)
+      files.write_json(sidecar_path, sidecar)
       report.done.append(r.id)
+      bar.update(1)
     seconds = time.perf_counter() - start
-    bar.update(len(batch))
     bar.set_postfix(scene_s=f"{seconds / len(batch):.1f}", step_s=f"{seconds / batch[0].steps:.2f}")
   bar.close()
   return report

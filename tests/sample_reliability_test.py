@@ -1,0 +1,89 @@
+"""Sampling job reliability: nothing non-finite is written, exit codes, strict lines, resume by
+content, one job per output directory."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from holocine_jax import sample
+from holocine_jax.model import vae
+from holocine_jax.sampling import job, requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULTS = dict(guidance=[5.0, 5.0], height=16, width=16, steps=2, seed=0, negative_prompt="blurry")
+ARGS = ["--config", "configs/tiny.py", "--random_init", "--no_progress"]
+ARGS += ["--set", "sampler.num_steps=2"]
+
+
+def _scene(rid, **fields):
+  return dict(id=rid, global_caption="Shapes.", shot_captions=["a disc", "a bar"], num_frames=9,
+              **fields)  # fmt: skip
+
+
+def _requests(*scenes):
+  return [requests.parse(s, i + 1, DEFAULTS) for i, s in enumerate(scenes)]
+
+
+def _fake_generate(nonfinite=(), calls=None):
+  """A generator of black frames that reports non-finite latents for the ids in `nonfinite`."""
+
+  def generate(batch):
+    if calls is not None:
+      calls.append([r.id for r in batch])
+    bad = [i for i, r in enumerate(batch) if r.id in nonfinite]
+    if bad:
+      raise job.NonFiniteOutputError("latents", bad)
+    return [(np.zeros((r.scene.num_frames, 16, 16, 3), np.uint8), {}) for r in batch]
+
+  return generate
+
+
+def _written(out):
+  return sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
+
+
+def test_nonfinite_scene_fails_and_its_batch_mates_are_generated_alone(tmp_path):
+  calls = []
+  report = job.run(
+    _requests(_scene("a"), _scene("b"), _scene("c")),
+    _fake_generate({"b"}, calls),
+    str(tmp_path),
+    batch_size=4,
+    progress=False,
+  )
+  assert calls == [["a", "b", "c"], ["a", "c"]]
+  assert report.done == ["a", "c"] and list(report.failed) == ["b"]
+  assert "NonFiniteOutputError: non-finite latents" in report.failed["b"]
+  assert _written(tmp_path) == ["a.json", "a.mp4", "c.json", "c.mp4"]
+  assert report.exit_code == 1
+
+
+def test_nan_params_fail_every_scene_without_writing(tmp_path, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  build = sample.build
+
+  def nan_build(*args, **kwargs):
+    gen = build(*args, **kwargs)
+    gen.params_high = jax.tree.map(lambda x: x * jnp.nan, gen.params_high)
+    return gen
+
+  monkeypatch.setattr(sample, "build", nan_build)
+  scenes = tmp_path / "scenes.jsonl"
+  scenes.write_text(json.dumps(_scene("one", height=32, width=32)) + "\n")
+  out = tmp_path / "out"
+  report = sample.main([*ARGS, "--scenes", str(scenes), "--out", str(out)])
+  assert report.done == [] and list(report.failed) == ["one"]
+  assert "non-finite latents" in report.failed["one"]
+  assert _written(out) == [] and report.exit_code == 1
+
+
+def test_vae_decode_reports_nonfinite_pixels_per_scene(monkeypatch):
+  # the VAE itself replaced by one that decodes scene 1 to NaN pixels (a real one compiles ~50 s)
+  pixels = jnp.zeros((3, 5, 16, 16, 3)).at[1, 2, 3, 4, 0].set(jnp.nan)
+  monkeypatch.setattr(vae, "decode", lambda params, latents, config: pixels)
+  frames, finite = sample.vae_decoder(None)(None, jnp.zeros((3, 2, 2, 2, 4)))
+  assert frames.dtype == jnp.uint8 and frames.shape == (3, 5, 16, 16, 3)
+  assert finite.tolist() == [True, False, True]
