@@ -100,7 +100,7 @@ def data(**overrides) -> ml_collections.ConfigDict:
     latent_height=60,  # 480 x 832 video
     latent_width=104,
     max_shots=13,  # fixed per job: new cuts never recompile
-    max_shot_frames=61,
+    max_shot_frames=0,  # shot bound in latent frames; 0: the dataset's longest shot, rounded to 4
     text_len=512,
     seed=0,
     num_threads=8,

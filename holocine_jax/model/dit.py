@@ -116,13 +116,19 @@ class WanDiT(nn.Module):
 
 
 def init_fn(config: DiTConfig):
-  """key -> boxed {'params': ...}. The parameter tree depends on neither the attention mode nor
-  the input size, so a 1-token dummy with full attention initialises every variant."""
-  model = WanDiT(dataclasses.replace(config, self_attention="full"))
+  """key -> boxed {'params': ...}. The parameter tree depends on neither the attention mode, its
+  implementation nor the input size, so a 1-token dummy through plain XLA full attention (never
+  the kernel's shard_map) initialises every variant. The dummies are built inside the traced
+  function: eval_shape / lower never run an eager op (deviceless TPU meshes have no device)."""
+  model = WanDiT(dataclasses.replace(config, self_attention="full", attention_impl="reference"))
   pt, ph, pw = config.patch_size
-  latents = jnp.zeros((1, pt, ph, pw, config.in_channels))
-  context = jnp.zeros((1, 1, config.text_dim))
-  return lambda key: model.init(key, latents, jnp.zeros((1,)), context)
+
+  def init(key):
+    latents_BxFxHxWxC = jnp.zeros((1, pt, ph, pw, config.in_channels))
+    context_BxTxE = jnp.zeros((1, 1, config.text_dim))
+    return model.init(key, latents_BxFxHxWxC, jnp.zeros((1,)), context_BxTxE)
+
+  return init
 
 
 def _check_inputs(c: DiTConfig, latents, timestep, context, shots):

@@ -24,6 +24,7 @@ from holocine_jax.model.dit import WanDiT
 from holocine_jax.sampling.pipeline import Sampler, SamplerConfig
 from holocine_jax.sampling.requests import SceneRequest
 from holocine_jax.scene import VAE_TIME_STRIDE
+from holocine_jax.training import records
 
 VAE_SPACE_STRIDE = 8
 
@@ -55,7 +56,7 @@ class Generator:
   mesh: jax.sharding.Mesh
   rules: tuple
   max_shots: int
-  max_shot_frames: int | None  # None: the batch's longest shot rounded up to a multiple of 4
+  max_shot_frames: int | None  # None: per batch, records.round_shot_bound of its longest shot
   text_len: int
 
   @functools.cached_property
@@ -84,11 +85,12 @@ class Generator:
     pos, neg = self.text.encode_for_cfg([r.scene for r in padded], r0.negative_prompt)
     context_2BxTxE = jnp.concatenate([pos.context_BxTxD, neg.context_BxTxD])
     lays = [layout.ShotLayout.from_scene(r.scene, grid) for r in padded]
+    longest = max(max(lay.latent_frames_per_shot()) for lay in lays)
     shots = layout.make_batch(
       lays * 2,
       list(pos.windows) + [None] * b,
       max_shots=self.max_shots,
-      max_shot_frames=self.max_shot_frames,
+      max_shot_frames=self.max_shot_frames or records.round_shot_bound(longest, grid.frames),
       text_len=context_2BxTxE.shape[1],
     )
     noise = jnp.stack(
@@ -121,13 +123,6 @@ class Generator:
       batch=b,
     )
     return [(video[i], timings) for i in range(n)]
-
-
-def _shot_bucket(lays: list[layout.ShotLayout], frames: int, multiple: int = 4) -> int:
-  """The longest shot rounded up to `multiple` latent frames: few distinct bounds (compiles)
-  while the sparse kernel's loops stay close to the real shot lengths."""
-  longest = max(max(lay.latent_frames_per_shot()) for lay in lays)
-  return min(-(-longest // multiple) * multiple, frames)
 
 
 @functools.lru_cache(maxsize=8)

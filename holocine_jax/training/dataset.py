@@ -2,8 +2,9 @@
 
 `HoloCineShots` writes records of the `records` schema (latents and text embeddings stored as
 float16) from an injected example generator, in generation order (grain shuffles), and keeps
-every example's latent shape in the dataset metadata so the pipeline can bucket without reading
-records. `open_source` reads a split back as a random-access source for grain.
+every example's latent shape and longest shot in the dataset metadata, so the pipeline buckets
+and bounds shot lengths without reading records. `open_source` reads a split back as a
+random-access source for grain.
 Legend: F latent frames, H/W latent height/width, C latent channels, N prompt tokens, E text dim.
 """
 
@@ -15,13 +16,17 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 SHAPES_KEY = "latent_shapes"
+SHOTS_KEY = "longest_shots"  # since 1.1.0: each example's longest shot in latent frames
 
 
 class HoloCineShots(tfds.core.GeneratorBasedBuilder):
   """Multi-shot video latents + scene + text embeddings; examples come from `examples(split)`."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "latents, context, latent_bounds, text_ranges, prompt"}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {
+    "1.0.0": "latents, context, latent_bounds, text_ranges, prompt",
+    "1.1.0": "metadata: every example's longest shot (latent frames)",
+  }
 
   def __init__(
     self,
@@ -51,7 +56,7 @@ class HoloCineShots(tfds.core.GeneratorBasedBuilder):
         }
       ),
       disable_shuffling=True,
-      metadata=tfds.core.MetadataDict({SHAPES_KEY: {}}),
+      metadata=tfds.core.MetadataDict({SHAPES_KEY: {}, SHOTS_KEY: {}}),
     )
 
   def _split_generators(self, dl_manager):
@@ -62,8 +67,10 @@ class HoloCineShots(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split):
     shapes = self.info.metadata[SHAPES_KEY].setdefault(split, [])
+    shots = self.info.metadata[SHOTS_KEY].setdefault(split, [])
     for i, ex in enumerate(self._examples(split)):
       shapes.append(list(ex["latents"].shape[:3]))
+      shots.append(int(np.diff(ex["latent_bounds"]).max()))
       yield (
         i,
         dict(
@@ -112,3 +119,12 @@ def open_source(data_dir, split: str = "train"):
   if len(source) != len(shapes):
     raise ValueError(f"{len(source)} records but {len(shapes)} shapes in the metadata")
   return source, shapes
+
+
+def shot_extent(data_dir, split: str = "train") -> tuple[int, int] | None:
+  """(longest shot, longest clip) in latent frames over a split, from the metadata alone; None
+  for a dataset written before 1.1.0 (no shot lengths stored)."""
+  metadata = tfds.builder_from_directory(version_dir(data_dir)).info.metadata
+  if SHOTS_KEY not in metadata:
+    return None
+  return max(metadata[SHOTS_KEY][split]), max(s[0] for s in metadata[SHAPES_KEY][split])

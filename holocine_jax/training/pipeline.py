@@ -4,16 +4,19 @@ Samples are bucketed by latent shape (equal token counts batch without padding);
 shuffles every bucket, cuts it into global batches (dropping the remainder), and shuffles the
 batch order. Element i of the pipeline is global batch i, a pure function of (seed, i): each host
 reads only its rows of it, every host sees the same bucket (same shapes) at the same step, and
-the iterator state is just a position, so checkpoints restore the exact stream.
+the iterator state is just a position, so checkpoints restore the exact stream. The static shot
+bound every batch is padded to comes from dataset-wide information (`shot_bound`), so it agrees
+across hosts and steps.
 """
 
 import functools
 from collections.abc import Callable, Sequence
 
 import grain
+import jax
 import numpy as np
 
-from holocine_jax.training import records
+from holocine_jax.training import records, synthetic
 
 
 class BucketPlan:
@@ -69,6 +72,52 @@ def dataset(
   return ds.to_iter_dataset(read_options)
 
 
+def shot_extent(config) -> tuple[int, int] | None:
+  """(longest shot, longest clip) in latent frames over the dataset `config.data` names (None: a
+  tfds dataset written without shot lengths)."""
+  data = config.data
+  if data.source == "synthetic":
+    return synthetic.SyntheticSource.from_config(data, config.model).shot_extent()
+  if data.source == "tfds":
+    from holocine_jax.training import dataset
+
+    return dataset.shot_extent(data.data_dir, data.split)
+  raise ValueError(f"data.source must be 'synthetic' or 'tfds', got {data.source!r}")
+
+
+def shot_bound(config) -> int:
+  """The training job's static shot bound in latent frames, equal on every host: an explicit
+  `data.max_shot_frames` (checked against the dataset), or with 0 the dataset's longest shot
+  through `records.round_shot_bound`."""
+  requested = config.data.max_shot_frames
+  if requested < 0:
+    raise ValueError(
+      f"data.max_shot_frames must be >= 0 (0: derive from the data), got {requested}"
+    )
+  extent = shot_extent(config)
+  if requested == 0:
+    if extent is None:
+      raise ValueError(
+        f"data.max_shot_frames=0 derives the bound from the dataset, but {config.data.data_dir!r} "
+        "was written without shot lengths (before HoloCineShots 1.1.0); rebuild it with "
+        "holocine_jax.training.preprocess or set data.max_shot_frames"
+      )
+    bound = records.round_shot_bound(*extent)
+    if jax.process_index() == 0:
+      print(
+        f"data.max_shot_frames=0: shots bounded by {bound} latent frames (longest shot "
+        f"{extent[0]}, longest clip {extent[1]})",
+        flush=True,
+      )
+    return bound
+  if extent is not None and extent[0] > requested:
+    raise ValueError(
+      f"data.max_shot_frames={requested} but the dataset has a shot of {extent[0]} latent frames; "
+      "raise it, or set 0 to derive it from the data"
+    )
+  return requested
+
+
 def from_config(source, shapes, config, rows: tuple[int, int]) -> grain.IterDataset:
   """The training pipeline for a source with known per-sample latent shapes."""
   data, model = config.data, config.model
@@ -77,7 +126,7 @@ def from_config(source, shapes, config, rows: tuple[int, int]) -> grain.IterData
     records.collate,
     patch=model.patch_size,
     max_shots=data.max_shots,
-    max_shot_frames=data.max_shot_frames,
+    max_shot_frames=shot_bound(config),
     text_len=data.text_len,
   )
   options = grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=data.prefetch)

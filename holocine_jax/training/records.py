@@ -15,6 +15,15 @@ import numpy as np
 
 from holocine_jax import layout
 
+SHOT_BOUND_MULTIPLE = 4  # latent frames: few distinct shot bounds (compiles), little waste
+
+
+def round_shot_bound(longest_shot: int, clip_frames: int) -> int:
+  """Static shot-length bound (latent frames) for shots of at most `longest_shot` latent frames:
+  rounded up to a multiple of SHOT_BOUND_MULTIPLE, capped at the clip's `clip_frames`."""
+  m = SHOT_BOUND_MULTIPLE
+  return min(-(-longest_shot // m) * m, clip_frames)
+
 
 def grid_of(record, patch) -> layout.LatentGrid:
   f, h, w, _ = record["latents"].shape

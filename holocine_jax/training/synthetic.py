@@ -124,16 +124,32 @@ class SyntheticSource:
   def latent_shape(self, index: int) -> tuple[int, int, int]:
     return (scene_lib.num_latent_frames(self.num_frames(index)), self.height, self.width)
 
-  def scene(self, index: int) -> tuple[scene_lib.Scene, list[tuple[str, str, str]], str]:
-    """The Scene of sample `index`, its per-shot (colour, shape, motion) and background."""
-    rng = np.random.default_rng([self.seed, index])
+  def _draw_cuts(self, rng) -> tuple[int, np.ndarray]:
+    """(video frames, sorted latent cut frames): the first draws of a sample's generator."""
     num_frames = self.frame_choices[rng.integers(len(self.frame_choices))]
     latent = scene_lib.num_latent_frames(num_frames)
     num_shots = int(rng.integers(1, min(self.max_shots, latent) + 1))
-    cuts_latent = np.sort(rng.choice(np.arange(1, latent), num_shots - 1, replace=False))
+    return num_frames, np.sort(rng.choice(np.arange(1, latent), num_shots - 1, replace=False))
+
+  def latent_bounds(self, index: int) -> tuple[int, ...]:
+    """Shot bounds of sample `index` in latent frames (cheap: no captions, no drawing)."""
+    num_frames, cuts_latent = self._draw_cuts(np.random.default_rng([self.seed, index]))
+    return (0, *map(int, cuts_latent), scene_lib.num_latent_frames(num_frames))
+
+  def shot_extent(self) -> tuple[int, int]:
+    """(longest shot, longest clip) in latent frames over every sample of the dataset."""
+    if not self.num_samples:
+      raise ValueError("a synthetic dataset of num_samples=0 has no shots")
+    bounds = [self.latent_bounds(i) for i in range(self.num_samples)]
+    return max(int(np.diff(b).max()) for b in bounds), max(b[-1] for b in bounds)
+
+  def scene(self, index: int) -> tuple[scene_lib.Scene, list[tuple[str, str, str]], str]:
+    """The Scene of sample `index`, its per-shot (colour, shape, motion) and background."""
+    rng = np.random.default_rng([self.seed, index])
+    num_frames, cuts_latent = self._draw_cuts(rng)
     shots = [
       (COLOURS[rng.integers(len(COLOURS))], SHAPES[rng.integers(len(SHAPES))], m)
-      for m in rng.choice(list(MOTIONS), num_shots)
+      for m in rng.choice(list(MOTIONS), len(cuts_latent) + 1)
     ]
     bg = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
     scene = scene_lib.Scene.create(
