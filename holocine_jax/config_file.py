@@ -1,6 +1,7 @@
 """Loads `path/to/config.py[:arg]` files (each defines `get_config(arg)`) and applies overrides.
 
-Overrides are `dotted.key=value` strings, parsed to the type of the existing value:
+Overrides are `dotted.key=value` strings, parsed strictly to the type of the existing value
+(`parse_value`: booleans true/false/yes/no/1/0, integers without a fraction; errors name the key):
   load("configs/tiny.py:attention=sparse", ["train.num_steps=50", "data.seed=3"])
 """
 
@@ -43,16 +44,34 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     node = node[name]
   if leaf not in node:
     raise KeyError(f"override {item!r}: unknown key {key!r}; known: {sorted(node.keys())}")
-  node[leaf] = _parse(text, node[leaf])
+  node[leaf] = parse_value(key, text, node[leaf])
+
+
+def parse_value(key: str, text: str, current):
+  """`text` as the type of `current` (also for config-file args); a ValueError names `key`."""
+  try:
+    return _parse(text, current)
+  except (ValueError, SyntaxError) as e:
+    raise ValueError(f"config {key}={text!r}: {e}") from None
 
 
 def _parse(text: str, current):
   if isinstance(current, bool):
     if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
-      raise ValueError(f"expected a boolean, got {text!r}")
+      raise ValueError("expected a boolean (true/false, yes/no, 1/0)")
     return text.lower() in ("1", "true", "yes")
   if isinstance(current, int):
-    return int(float(text)) if "e" in text.lower() else int(text)
+    try:
+      return int(text)
+    except ValueError:
+      pass
+    try:
+      number = float(text)  # 1e3 is an integer; 2.5 and abc are not
+    except ValueError:
+      number = None
+    if number is None or not number.is_integer():
+      raise ValueError("expected an integer")
+    return int(number)
   if isinstance(current, float):
     return float(text)
   if isinstance(current, str):

@@ -6,11 +6,14 @@
 
 Re-running with the same workdir resumes from its newest checkpoint (same data stream). With
 `distributed.initialize=True` (TPU VMs: see launch/), every host runs this same command.
+Exit codes: 0 trained to `train.num_steps`; 143 (128 + SIGTERM) stopped at a preemption notice
+after saving (rerun to resume); 1 an error.
 """
 
 import argparse
 import json
 import os
+import sys
 
 import jax
 
@@ -45,21 +48,32 @@ def initialize_distributed(dist) -> None:
   jax.distributed.initialize(**kwargs)
 
 
-def main(argv=None):
+PREEMPTED_EXIT_CODE = 143
+
+
+def exit_code(result) -> int:
+  """The process exit code for a `loop.TrainResult`: preemption is not completion."""
+  return PREEMPTED_EXIT_CODE if result.preempted else 0
+
+
+def main(argv=None) -> int:
   args = parse_args(argv)
   config = config_file.load(args.config, args.set)
+  from holocine_jax.training import loop
+
+  loop.check_config(config)
   initialize_distributed(config.distributed)
   os.makedirs(args.workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(args.workdir, "config.json"), "w") as f:
       json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
-  from holocine_jax.training import loop
-
   result = loop.train(config, args.workdir)
   if result.losses:
     last = max(result.losses)
-    print(f"done: step {last}, loss {result.losses[last]:.5f}", flush=True)
+    what = "preempted" if result.preempted else "done"
+    print(f"{what}: step {last}, loss {result.losses[last]:.5f}", flush=True)
+  return exit_code(result)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

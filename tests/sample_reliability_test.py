@@ -87,3 +87,11 @@ def test_vae_decode_reports_nonfinite_pixels_per_scene(monkeypatch):
   frames, finite = sample.vae_decoder(None)(None, jnp.zeros((3, 2, 2, 2, 4)))
   assert frames.dtype == jnp.uint8 and frames.shape == (3, 5, 16, 16, 3)
   assert finite.tolist() == [True, False, True]
+
+
+def test_a_job_whose_every_line_is_bad_exits_nonzero(tmp_path):
+  bad = [requests.RequestError("line 1: not valid JSON"), requests.RequestError("line 2: x")]
+  report = job.run(bad, _fake_generate(), str(tmp_path), progress=False)
+  assert report.summary() == dict(
+    done=0, skipped=0, failed={}, bad_lines=[str(e) for e in bad], exit_code=1
+  )

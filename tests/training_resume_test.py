@@ -11,6 +11,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from holocine_jax import train
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 8 devices as in conftest, and cheaper CPU codegen (compile time dominates these runs).
 FAST_XLA_FLAGS = (
@@ -24,6 +26,7 @@ DRIVER = textwrap.dedent(
   import jax
   import numpy as np
   from configs import tiny
+  from holocine_jax import train
   from holocine_jax.training import loop
 
   workdir, out, kill_at, sig = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -53,6 +56,7 @@ DRIVER = textwrap.dedent(
   np.savez(out, start=result.start_step, steps=np.array(sorted(result.losses)),
            losses=np.array([result.losses[k] for k in sorted(result.losses)]),
            **{str(i): np.asarray(x) for i, x in enumerate(jax.tree.leaves(result.state.params))})
+  sys.exit(train.exit_code(result))
   """
 )
 
@@ -115,9 +119,9 @@ def test_sigkill_mid_save_then_resume_equals_straight_run(tmp_path, cache_dir):
   assert _checkpoints(tmp_path / "resumed")[-1] == "8"
 
 
-def test_sigterm_saves_and_stops(tmp_path, cache_dir):
+def test_sigterm_saves_and_stops_with_the_preemption_exit_code(tmp_path, cache_dir):
   proc, result = _run(tmp_path, cache_dir, tmp_path / "run", "run", kill_at=3, sig="SIGTERM")
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.returncode == train.PREEMPTED_EXIT_CODE == 143, proc.stderr[-3000:]
   # The notice arrives after step 3's check: step 4 sees it, saves and stops.
   assert "preemption notice: saved step 4" in proc.stdout
   assert list(result["steps"]) == [1, 2, 3, 4]

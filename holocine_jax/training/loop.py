@@ -3,7 +3,8 @@
 Metrics of step k are fetched after step k+1 is dispatched, so the host never stalls the
 device; a non-finite loss stops training with the step that produced it. Checkpoints are saved
 every `checkpoint_every` steps, at the end, and at a preemption notice (jax's preemption sync
-point, or SIGTERM on any process: with several processes the flag is all-gathered every step).
+point, or SIGTERM on any process: with several processes the flag is all-gathered every step);
+the result then says `preempted`. Nonsensical `train` settings are refused before anything runs.
 """
 
 import dataclasses
@@ -32,6 +33,23 @@ class TrainResult:
   state: state.TrainState
   losses: dict[int, float]  # 1-based step -> loss, for the steps this run computed
   start_step: int
+  preempted: bool = False  # stopped early (and saved) at a preemption notice
+
+
+def check_config(config) -> None:
+  """Raises ValueError naming every `train` setting that cannot run."""
+  t = config.train
+  bad = [
+    f"train.{key} must be an integer >= 1, got {t[key]!r}"
+    for key in ("num_steps", "global_batch", "log_every", "checkpoint_every", "keep_checkpoints")
+    if isinstance(t[key], bool) or not isinstance(t[key], int) or t[key] < 1
+  ]
+  if isinstance(t.warmup_steps, bool) or not isinstance(t.warmup_steps, int) or t.warmup_steps < 0:
+    bad.append(f"train.warmup_steps must be an integer >= 0, got {t.warmup_steps!r}")
+  if not (isinstance(t.learning_rate, (int, float)) and 0 < t.learning_rate < math.inf):
+    bad.append(f"train.learning_rate must be a finite number > 0, got {t.learning_rate!r}")
+  if bad:
+    raise ValueError("; ".join(bad))
 
 
 def open_source(config):
@@ -52,6 +70,7 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
 
   `on_step(step, state, metrics)` runs after every step (and its checkpoint save, if any).
   """
+  check_config(config)
   train_cfg = config.train
   mesh = sharding.make_mesh(config.mesh)
   rules = config.logical_rules
@@ -86,6 +105,7 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
   losses: dict[int, float] = {}
   step_fn = None
   pending = None
+  preempted = False
 
   def report(done: int, device_metrics):
     values = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
@@ -121,8 +141,8 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
         if pending is not None:
           report(*pending)
         pending = (done, device_metrics)
-        preempted = ckpt.reached_preemption(done) or _any_process(sigterm.raised)
-        last = done == train_cfg.num_steps
+        last = done == train_cfg.num_steps  # a notice at the last step is a completed run
+        preempted = not last and (ckpt.reached_preemption(done) or _any_process(sigterm.raised))
         if last or preempted or done % train_cfg.checkpoint_every == 0:
           report(*pending)
           pending = None
@@ -135,7 +155,7 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
   finally:
     writer.close()
     ckpt.close()
-  return TrainResult(train_state, losses, start)
+  return TrainResult(train_state, losses, start, preempted)
 
 
 def _any_process(flag: bool) -> bool:
