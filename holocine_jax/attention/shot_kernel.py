@@ -23,7 +23,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from holocine_jax.attention import shot_kernel_gpu, shot_kernel_tpu
+from holocine_jax.attention import shot_kernel_gpu, shot_kernel_tpu, target
 from holocine_jax.attention import shot_math as sm
 from holocine_jax.layout import ShotBatch
 
@@ -69,41 +69,42 @@ def _span_bound(block: int, cap: int, other_block: int, num_other: int) -> int:
 _BACKENDS = {"tpu": shot_kernel_tpu, "gpu": shot_kernel_gpu}
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
-def _flash(q, k, v, qid, kvid, lo, cnt, q_lo, q_cnt, st: sm.Static):
-  return _BACKENDS[st.backend].forward(q, k, v, qid, kvid, lo, cnt, st)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
+def _flash(q, k, v, ids, lo, cnt, q_lo, q_cnt, st: sm.Static):
+  return _BACKENDS[st.backend].forward(q, k, v, ids, lo, cnt, st)[0]
 
 
-def _flash_fwd(q, k, v, qid, kvid, lo, cnt, q_lo, q_cnt, st):
-  o, lse = _BACKENDS[st.backend].forward(q, k, v, qid, kvid, lo, cnt, st)
-  return o, (q, k, v, qid, kvid, lo, cnt, q_lo, q_cnt, o, lse)
+def _flash_fwd(q, k, v, ids, lo, cnt, q_lo, q_cnt, st):
+  o, lse = _BACKENDS[st.backend].forward(q, k, v, ids, lo, cnt, st)
+  return o, (q, k, v, ids, lo, cnt, q_lo, q_cnt, o, lse)
 
 
 def _flash_bwd(st, res, do):
-  q, k, v, qid, kvid, lo, cnt, q_lo, q_cnt, o, lse = res
+  q, k, v, ids, lo, cnt, q_lo, q_cnt, o, lse = res
   kernels = _BACKENDS[st.backend]
   b, _, lp, _ = q.shape
   delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
-  dq = kernels.dq(q, k, v, do, lse, delta, qid, kvid, lo, cnt, st)
+  dq = kernels.dq(q, k, v, do, lse, delta, ids, lo, cnt, st)
   nq = lp // st.block_q
+  qids = ids[:, :lp]
   dk_tok, dv_tok = kernels.dkv(
-    q, k[:, :, :lp], v[:, :, :lp], do, lse, delta, qid, kvid[:, :lp], q_lo, q_cnt, st.q_steps, st
+    q, k[:, :, :lp], v[:, :, :lp], do, lse, delta, qids, qids, q_lo, q_cnt, st.q_steps, st
   )
   if not st.num_tail_blocks:
-    return dq, dk_tok, dv_tok, None, None, None, None, None, None
+    return dq, dk_tok, dv_tok, None, None, None, None, None
   tail = jnp.zeros((b, st.num_tail_blocks), jnp.int32)
   dk_tail, dv_tail = kernels.dkv(
-    q, k[:, :, lp:], v[:, :, lp:], do, lse, delta, qid, kvid[:, lp:], tail, tail + nq, nq, st
+    q, k[:, :, lp:], v[:, :, lp:], do, lse, delta, qids, ids[:, lp:], tail, tail + nq, nq, st
   )
   dk = jnp.concatenate([dk_tok, dk_tail], axis=2)
   dv = jnp.concatenate([dv_tok, dv_tail], axis=2)
-  return dq, dk, dv, None, None, None, None, None, None
+  return dq, dk, dv, None, None, None, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _check(q, k, v, shots: ShotBatch):
+def _check(q, k, v, shots: ShotBatch, block_sizes: BlockSizes, interpret: bool, backend: str):
   if q.ndim != 4 or q.shape != k.shape or q.shape != v.shape:
     raise ValueError(f"q, k, v must all be [B, L, H, K], got {q.shape}, {k.shape}, {v.shape}")
   for name, x in (("q", q), ("k", k), ("v", v)):
@@ -115,27 +116,49 @@ def _check(q, k, v, shots: ShotBatch):
     raise ValueError(
       f"shots describe [B, L] = {shots.shot_id_BxL.shape} but q is {q.shape[:2]} tokens"
     )
+  if backend not in _BACKENDS:
+    raise ValueError(f"unknown kernel backend {backend!r}, expected one of {sorted(_BACKENDS)}")
+  lanes = shot_kernel_tpu.LANES
+  if (
+    backend == "tpu"
+    and not interpret
+    and (block_sizes.block_q % lanes or block_sizes.block_kv % lanes)
+  ):
+    raise ValueError(
+      f"the TPU kernel needs block sizes that are multiples of {lanes}, got {block_sizes}"
+    )
 
 
-@functools.partial(jax.jit, static_argnames=("block_sizes", "interpret", "backend"))
 def shot_attention(
   q_BxLxHxK,
   k_BxLxHxK,
   v_BxLxHxK,
   shots: ShotBatch,
   block_sizes: BlockSizes = BlockSizes(),
-  interpret: bool = False,
+  interpret: bool | None = None,
   backend: str | None = None,
 ):
   """HoloCine sparse self-attention with the block-sparse Pallas kernel; same result as
   reference.sparse_shot_attention. Differentiable (Pallas backward kernels). With
   `layout.dense_batch` it is plain flash attention. `backend` picks the kernel style: "tpu"
-  (Mosaic grid) or "gpu" (Triton loops); default from the JAX backend."""
-  _check(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots)
-  if backend is None:
-    backend = "gpu" if jax.default_backend() == "gpu" else "tpu"
-  if backend not in _BACKENDS:
-    raise ValueError(f"unknown kernel backend {backend!r}, expected one of {sorted(_BACKENDS)}")
+  (Mosaic grid) or "gpu" (Triton loops); `interpret` runs Pallas interpret mode. Both default
+  from the platform compiled for (`target.platform()`: the mesh in context, else the host)."""
+  where = target.platform()
+  return _shot_attention(
+    q_BxLxHxK,
+    k_BxLxHxK,
+    v_BxLxHxK,
+    shots,
+    block_sizes,
+    where == "cpu" if interpret is None else interpret,
+    ("gpu" if where == "gpu" else "tpu") if backend is None else backend,
+  )
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5, 6))
+def _shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, interpret, backend):
+  """`shot_attention` with every static choice made (so each lands in the jit cache key)."""
+  _check(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, interpret, backend)
   b, num_l, _, d = q_BxLxHxK.shape
   bq, bk = block_sizes.block_q, block_sizes.block_kv
   lp = _cdiv(num_l, math.lcm(bq, bk)) * math.lcm(bq, bk)
@@ -162,10 +185,13 @@ def shot_attention(
     return jnp.concatenate([heads_major(x_BxLxHxK, lp), heads_major(tail_BxGxHxK, gp)], axis=2)
 
   shot_BxL = shots.shot_id_BxL.astype(jnp.int32)
-  qid = jnp.pad(shot_BxL, ((0, 0), (0, lp - num_l)), constant_values=sm.INVALID_ID)
   tail_id = jnp.where(shots.summary_valid_BxG, sm.SUMMARY_ID, sm.INVALID_ID).astype(jnp.int32)
-  kvid = jnp.concatenate(
-    [qid, jnp.pad(tail_id, ((0, 0), (0, gp - g)), constant_values=sm.INVALID_ID)], axis=1
+  ids = jnp.concatenate(
+    [
+      jnp.pad(shot_BxL, ((0, 0), (0, lp - num_l)), constant_values=sm.INVALID_ID),
+      jnp.pad(tail_id, ((0, 0), (0, gp - g)), constant_values=sm.INVALID_ID),
+    ],
+    axis=1,
   )
   start_BxN, end_BxN = shots.shot_bounds_BxNx2[..., 0], shots.shot_bounds_BxNx2[..., 1]
   lo, cnt = _ranges(shot_BxL, start_BxN, end_BxN, lp // bq, bq, bk)
@@ -174,8 +200,7 @@ def shot_attention(
     heads_major(q_BxLxHxK, lp),
     with_tail(k_BxLxHxK),
     with_tail(v_BxLxHxK),
-    qid,
-    kvid,
+    ids,
     lo,
     cnt,
     q_lo,

@@ -3,6 +3,9 @@
 Each program owns one q block (forward, dq) or kv block (dkv) and loops with `fori_loop` over
 exactly its table range, then over the summary tail: work is proportional to the visited blocks.
 The opposite operand is addressed as a whole sequence and sliced per step with `pl.ds`.
+Per-query values are [.., Lp, 1] columns and kv shot ids a [B, 1, Lk] row, so the shared block
+math sees the same 2D shapes as on TPU. Lowered through Triton (its compiler params say so; jax's
+default GPU lowering, Mosaic GPU, would stage the whole-sequence operands in shared memory).
 Legend: B batch, H heads, Lp padded tokens, Lk kv length, K head dim.
 """
 
@@ -11,6 +14,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from holocine_jax.attention import shot_math as sm
 
@@ -34,7 +38,7 @@ def _fwd_kernel(
 
   def visit(block, state):
     kv = pl.ds(block * st.block_kv, st.block_kv)
-    return sm.online_update(state, q, k_ref[kv, :], v_ref[kv, :], qid, kvid_ref[kv], st.scale)
+    return sm.online_update(state, q, k_ref[kv, :], v_ref[kv, :], qid, kvid_ref[:, kv], st.scale)
 
   state = sm.init_state(st.block_q, q.shape[-1])
   state = jax.lax.fori_loop(lo_ref[i], lo_ref[i] + cnt_ref[i], visit, state)
@@ -65,7 +69,7 @@ def _dq_kernel(
   def visit(block, dq_QxK):
     kv = pl.ds(block * st.block_kv, st.block_kv)
     k = k_ref[kv, :]
-    _, ds = sm.probs_and_dscores(q, k, v_ref[kv, :], do, lse, delta, qid, kvid_ref[kv], st.scale)
+    _, ds = sm.probs_and_dscores(q, k, v_ref[kv, :], do, lse, delta, qid, kvid_ref[:, kv], st.scale)
     return sm.dq_update(dq_QxK, ds, k, st.scale)
 
   dq_QxK = jnp.zeros(q.shape, jnp.float32)
@@ -97,7 +101,7 @@ def _dkv_kernel(
     rows = pl.ds(block * st.block_q, st.block_q)
     q, do = q_ref[rows, :], do_ref[rows, :]
     p, ds = sm.probs_and_dscores(
-      q, k, v, do, lse_ref[rows], delta_ref[rows], qid_ref[rows], kvid, st.scale
+      q, k, v, do, lse_ref[rows, :], delta_ref[rows, :], qid_ref[rows, :], kvid, st.scale
     )
     return sm.dkv_update(*grads, p, ds, q, do, st.scale)
 
@@ -114,6 +118,7 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, st: sm.Static):
     in_specs=in_specs,
     out_specs=out_specs,
     out_shape=out_shape,
+    compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=2),
     interpret=st.interpret,
   )
 
@@ -122,28 +127,30 @@ def _table(n: int):
   return pl.BlockSpec((None, n), lambda b, h, i: (b, 0))
 
 
-def _blocks(rows: int, head_dim: int | None):
-  """Per-program blocks of `rows` tokens (head_dim None: an id / row vector)."""
-  if head_dim is None:
-    return pl.BlockSpec((None, rows), lambda b, h, i: (b, i))
-  return pl.BlockSpec((None, None, rows, head_dim), lambda b, h, i: (b, h, i, 0))
+def _blocks(rows: int, width: int, per_head: bool = True):
+  """This program's block of `rows` tokens, `width` wide (head dim, or 1 for ids / statistics)."""
+  if per_head:
+    return pl.BlockSpec((None, None, rows, width), lambda b, h, i: (b, h, i, 0))
+  return pl.BlockSpec((None, rows, width), lambda b, h, i: (b, i, 0))
 
 
-def _whole(length: int, head_dim: int | None, per_head: bool = True):
-  """The whole sequence of one (batch, head), sliced inside the kernel."""
-  if head_dim is None:
-    if per_head:
-      return pl.BlockSpec((None, None, length), lambda b, h, i: (b, h, 0))
-    return pl.BlockSpec((None, length), lambda b, h, i: (b, 0))
-  return pl.BlockSpec((None, None, length, head_dim), lambda b, h, i: (b, h, 0, 0))
+def _whole(length: int, width: int, per_head: bool = True):
+  """The whole sequence of one (batch, head), `width` wide, sliced inside the kernel."""
+  if per_head:
+    return pl.BlockSpec((None, None, length, width), lambda b, h, i: (b, h, 0, 0))
+  return pl.BlockSpec((None, length, width), lambda b, h, i: (b, 0, 0))
 
 
-def forward(q, k, v, qid, kvid, lo, cnt, st: sm.Static):
-  """(out [B, H, Lp, K], lse [B, H, Lp])."""
+def _kv_row(length: int):
+  """The kv shot ids of one batch element as a [1, Lk] row, sliced inside the kernel."""
+  return pl.BlockSpec((None, 1, length), lambda b, h, i: (b, 0, 0))
+
+
+def forward(q, k, v, ids, lo, cnt, st: sm.Static):
+  """(out [B, H, Lp, K], lse [B, H, Lp]); `ids` [B, Lk] are the kv shot ids (q ids lead)."""
   b, h, lp, d = q.shape
   nq, lk = lp // st.block_q, k.shape[2]
-  row = pl.BlockSpec((None, None, st.block_q), lambda b, h, i: (b, h, i))
-  return _call(
+  out, lse = _call(
     functools.partial(_fwd_kernel, st=st, num_token_blocks=lp // st.block_kv),
     (b, h, nq),
     [
@@ -152,19 +159,19 @@ def forward(q, k, v, qid, kvid, lo, cnt, st: sm.Static):
       _blocks(st.block_q, d),
       _whole(lk, d),
       _whole(lk, d),
-      _blocks(st.block_q, None),
-      _whole(lk, None, per_head=False),
+      _blocks(st.block_q, 1, per_head=False),
+      _kv_row(lk),
     ],
-    [_blocks(st.block_q, d), row],
-    [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lp), jnp.float32)],
+    [_blocks(st.block_q, d), _blocks(st.block_q, 1)],
+    [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lp, 1), jnp.float32)],
     st,
-  )(lo, cnt, q, k, v, qid, kvid)
+  )(lo, cnt, q, k, v, sm.columns(ids[:, :lp]), sm.rows(ids))
+  return out, lse[..., 0]
 
 
-def dq(q, k, v, do, lse, delta, qid, kvid, lo, cnt, st: sm.Static):
+def dq(q, k, v, do, lse, delta, ids, lo, cnt, st: sm.Static):
   b, h, lp, d = q.shape
   nq, lk = lp // st.block_q, k.shape[2]
-  row = pl.BlockSpec((None, None, st.block_q), lambda b, h, i: (b, h, i))
   return _call(
     functools.partial(_dq_kernel, st=st, num_token_blocks=lp // st.block_kv),
     (b, h, nq),
@@ -175,19 +182,31 @@ def dq(q, k, v, do, lse, delta, qid, kvid, lo, cnt, st: sm.Static):
       _whole(lk, d),
       _whole(lk, d),
       _blocks(st.block_q, d),
-      row,
-      row,
-      _blocks(st.block_q, None),
-      _whole(lk, None, per_head=False),
+      _blocks(st.block_q, 1),
+      _blocks(st.block_q, 1),
+      _blocks(st.block_q, 1, per_head=False),
+      _kv_row(lk),
     ],
     _blocks(st.block_q, d),
     jax.ShapeDtypeStruct(q.shape, q.dtype),
     st,
-  )(lo, cnt, q, k, v, do, lse, delta, qid, kvid)
+  )(
+    lo,
+    cnt,
+    q,
+    k,
+    v,
+    do,
+    sm.columns(lse),
+    sm.columns(delta),
+    sm.columns(ids[:, :lp]),
+    sm.rows(ids),
+  )
 
 
-def dkv(q, k, v, do, lse, delta, qid, kvid, q_lo, q_cnt, steps: int, st: sm.Static):
-  """dk, dv for the kv blocks of `k` / `v`, each looping over q blocks [q_lo, q_lo + q_cnt)."""
+def dkv(q, k, v, do, lse, delta, qids, kvids, q_lo, q_cnt, steps: int, st: sm.Static):
+  """dk, dv for the kv blocks of `k` / `v` (shot ids `kvids` [B, Lk]), each looping over q blocks
+  [q_lo, q_lo + q_cnt) (q shot ids `qids` [B, Lp])."""
   del steps  # loops run exactly the table range
   b, h, lp, d = q.shape
   nk = k.shape[2] // st.block_kv
@@ -201,12 +220,23 @@ def dkv(q, k, v, do, lse, delta, qid, kvid, q_lo, q_cnt, steps: int, st: sm.Stat
       _blocks(st.block_kv, d),
       _blocks(st.block_kv, d),
       _whole(lp, d),
-      _whole(lp, None),
-      _whole(lp, None),
-      _whole(lp, None, per_head=False),
-      _blocks(st.block_kv, None),
+      _whole(lp, 1),
+      _whole(lp, 1),
+      _whole(lp, 1, per_head=False),
+      pl.BlockSpec((None, 1, st.block_kv), lambda b, h, j: (b, 0, j)),
     ],
     [_blocks(st.block_kv, d), _blocks(st.block_kv, d)],
     [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
     st,
-  )(q_lo, q_cnt, q, k, v, do, lse, delta, qid, kvid)
+  )(
+    q_lo,
+    q_cnt,
+    q,
+    k,
+    v,
+    do,
+    sm.columns(lse),
+    sm.columns(delta),
+    sm.columns(qids),
+    sm.rows(kvids),
+  )

@@ -1,7 +1,9 @@
-"""Block-level math shared by the TPU- and GPU-style shot kernels (arrays in, arrays out).
+"""Block-level math shared by the TPU- and GPU-style shot kernels (2D arrays in, 2D arrays out).
 
 Shot ids say who sees whom: a query sees a key of its own shot (real tokens, id >= 0) and every
-valid summary slot (SUMMARY_ID). Online-softmax state is (m, l, acc) with m, l as [Q, 1].
+valid summary slot (SUMMARY_ID). Per-query values are columns [Q, 1], per-key values rows [1, V],
+so every comparison and rescale is a plain 2D broadcast (Mosaic and Triton both lower those).
+Online-softmax state is (m [Q, 1], l [Q, 1], acc [Q, K]).
 Legend: Q query block, V kv block, K head dim.
 """
 
@@ -16,13 +18,21 @@ INVALID_ID = -2  # padding: a tail slot of a missing shot, or a token past L
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 _CONTRACT_LAST = (((1,), (1,)), ((), ()))
-_CONTRACT_FIRST = (((0,), (0,)), ((), ()))
 
 
-def visible(qid_Q, kvid_V):
+def rows(x):
+  """[.., 1, N]: a per-token array [.., N] as one row (a free reshape)."""
+  return x[..., None, :]
+
+
+def columns(x):
+  """[.., N, 1]: a per-token array [.., N] as one column (a free reshape)."""
+  return x[..., None]
+
+
+def visible(qid_Qx1, kvid_1xV):
   """[Q, V] bool: same shot (real tokens) or a valid summary slot."""
-  q, kv = qid_Q[:, None], kvid_V[None, :]
-  return ((q == kv) & (kv >= 0)) | (kv == SUMMARY_ID)
+  return ((qid_Qx1 == kvid_1xV) & (kvid_1xV >= 0)) | (kvid_1xV == SUMMARY_ID)
 
 
 def scores(q_QxK, k_VxK, scale: float):
@@ -39,34 +49,34 @@ def init_state(block_q: int, head_dim: int):
   )
 
 
-def online_update(state, q_QxK, k_VxK, v_VxK, qid_Q, kvid_V, scale: float):
+def online_update(state, q_QxK, k_VxK, v_VxK, qid_Qx1, kvid_1xV, scale: float):
   """One kv block of flash attention: rescale (m, l, acc) and add the block's contribution."""
   m_Qx1, l_Qx1, acc_QxK = state
-  vis_QxV = visible(qid_Q, kvid_V)
+  vis_QxV = visible(qid_Qx1, kvid_1xV)
   logits_QxV = jnp.where(vis_QxV, scores(q_QxK, k_VxK, scale), MASK_VALUE)
-  m_new_Qx1 = jnp.maximum(m_Qx1, logits_QxV.max(-1, keepdims=True))
+  m_new_Qx1 = jnp.maximum(m_Qx1, logits_QxV.max(axis=1, keepdims=True))
   p_QxV = jnp.where(vis_QxV, jnp.exp(logits_QxV - m_new_Qx1), 0.0)
   alpha_Qx1 = jnp.exp(m_Qx1 - m_new_Qx1)
   acc_QxK = alpha_Qx1 * acc_QxK + jnp.dot(
     p_QxV.astype(v_VxK.dtype), v_VxK, preferred_element_type=jnp.float32
   )
-  return m_new_Qx1, alpha_Qx1 * l_Qx1 + p_QxV.sum(-1, keepdims=True), acc_QxK
+  return m_new_Qx1, alpha_Qx1 * l_Qx1 + p_QxV.sum(axis=1, keepdims=True), acc_QxK
 
 
 def finish(state):
-  """(out [Q, K] fp32, log-sum-exp [Q]) from the final state; rows that saw nothing give 0."""
+  """(out [Q, K] fp32, log-sum-exp [Q, 1]) from the final state; rows that saw nothing give 0."""
   m_Qx1, l_Qx1, acc_QxK = state
   safe_Qx1 = jnp.where(l_Qx1 == 0.0, 1.0, l_Qx1)
-  return acc_QxK / safe_Qx1, (m_Qx1 + jnp.log(safe_Qx1))[:, 0]
+  return acc_QxK / safe_Qx1, m_Qx1 + jnp.log(safe_Qx1)
 
 
-def probs_and_dscores(q_QxK, k_VxK, v_VxK, do_QxK, lse_Q, delta_Q, qid_Q, kvid_V, scale: float):
+def probs_and_dscores(
+  q_QxK, k_VxK, v_VxK, do_QxK, lse_Qx1, delta_Qx1, qid_Qx1, kvid_1xV, scale: float
+):
   """Recomputed probabilities p and score gradients ds = p * (dO.V^T - delta), both [Q, V]."""
-  p_QxV = jnp.where(
-    visible(qid_Q, kvid_V), jnp.exp(scores(q_QxK, k_VxK, scale) - lse_Q[:, None]), 0.0
-  )
+  p_QxV = jnp.where(visible(qid_Qx1, kvid_1xV), jnp.exp(scores(q_QxK, k_VxK, scale) - lse_Qx1), 0.0)
   dp_QxV = jax.lax.dot_general(do_QxK, v_VxK, _CONTRACT_LAST, preferred_element_type=jnp.float32)
-  return p_QxV, p_QxV * (dp_QxV - delta_Q[:, None])
+  return p_QxV, p_QxV * (dp_QxV - delta_Qx1)
 
 
 def dq_update(dq_QxK, ds_QxV, k_VxK, scale: float):
@@ -76,11 +86,11 @@ def dq_update(dq_QxK, ds_QxV, k_VxK, scale: float):
 
 
 def dkv_update(dk_VxK, dv_VxK, p_QxV, ds_QxV, q_QxK, do_QxK, scale: float):
-  dv_VxK = dv_VxK + jax.lax.dot_general(
-    p_QxV.astype(do_QxK.dtype), do_QxK, _CONTRACT_FIRST, preferred_element_type=jnp.float32
+  dv_VxK = dv_VxK + jnp.dot(
+    p_QxV.T.astype(do_QxK.dtype), do_QxK, preferred_element_type=jnp.float32
   )
-  dk_VxK = dk_VxK + scale * jax.lax.dot_general(
-    ds_QxV.astype(q_QxK.dtype), q_QxK, _CONTRACT_FIRST, preferred_element_type=jnp.float32
+  dk_VxK = dk_VxK + scale * jnp.dot(
+    ds_QxV.T.astype(q_QxK.dtype), q_QxK, preferred_element_type=jnp.float32
   )
   return dk_VxK, dv_VxK
 
@@ -96,4 +106,4 @@ class Static:
   num_tail_blocks: int
   scale: float
   interpret: bool
-  backend: str  # "tpu" (Mosaic grid style; also CPU interpret) | "gpu" (Triton loop style)
+  backend: str  # "tpu" (Mosaic grid style) | "gpu" (Triton loop style)
