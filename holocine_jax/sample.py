@@ -6,7 +6,10 @@
 
 `--checkpoint` is a directory written by `python -m holocine_jax.convert` (components `high`,
 `low`, `text_encoder`, `vae`). Rerunning skips finished scenes; a bad line is reported with its
-line number and skipped. See sampling/requests.py for the line format.
+line number and skipped: every line is validated completely (types and the model's limits)
+before the model is built. See sampling/requests.py for the line format.
+Exit codes: 0 every scene done or skipped; 1 a bad line or a failed scene (the printed JSON
+summary lists them); any other error (a config value, the checkpoint) raises.
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ from holocine_jax.model.dit import WanDiT
 from holocine_jax.sampling import generator, job, requests, text_backends
 from holocine_jax.sampling.pipeline import SamplerConfig
 
+# request field -> the config key giving its default
+_DEFAULT_KEYS = dict(
+  seed="sample.seed",
+  height="sample.height",
+  width="sample.width",
+  steps="sampler.num_steps",
+  guidance="sampler.guidance_high / sampler.guidance_low",
+  negative_prompt="sample.negative_prompt",
+)
 _ARCHITECTURE = (
   "dim",
   "num_layers",
@@ -81,6 +93,29 @@ def _text(config, checkpoint, tokenizer, mesh, rules):
     mesh,
     rules,
     text_len=s.text_len,
+  )
+
+
+def _text_check(config, tokenizer):
+  """(scene, negative prompt) -> None, raising as the text encoder would if they do not fit."""
+  s = config.sample
+  if s.text_encoder == "toy":
+    toy = text_backends.ToyText(config.model["text_dim"], s.text_len)
+    return lambda scene, negative: toy.encode_for_cfg([scene], negative)
+  tok = text.Tokenizer.from_path(tokenizer or s.tokenizer)
+  return lambda scene, negative: text.tokenize_prompts(tok, [scene, negative], s.text_len)
+
+
+def limits(config, tokenizer=None) -> requests.Limits:
+  """Everything generation with `config` can take, for checking lines as they are read."""
+  model = DiTConfig.from_config(config.model)
+  return requests.Limits(
+    max_shots=config.sample.max_shots,
+    max_positions=model.rope_max_positions,
+    patch=tuple(model.patch_size),
+    space_stride=generator.VAE_SPACE_STRIDE,
+    max_shot_frames=config.sample.max_shot_frames or None,
+    check_text=_text_check(config, tokenizer),
   )
 
 
@@ -151,9 +186,6 @@ def main(argv=None) -> job.JobReport:
   parser.add_argument("--no_progress", action="store_true")
   args = parser.parse_args(argv)
   config = config_file.load(args.config, args.set)
-  gen = build(
-    config, checkpoint=args.checkpoint, tokenizer=args.tokenizer, random_init=args.random_init
-  )
   s = config.sample
   defaults = dict(
     guidance=[config.sampler.guidance_high, config.sampler.guidance_low],
@@ -163,6 +195,11 @@ def main(argv=None) -> job.JobReport:
     seed=s.seed,
     negative_prompt=s.negative_prompt,
   )
+  requests.check_defaults(defaults, _DEFAULT_KEYS)
+  items = list(requests.read(args.scenes, defaults, limits(config, args.tokenizer)))
+  gen = build(
+    config, checkpoint=args.checkpoint, tokenizer=args.tokenizer, random_init=args.random_init
+  )
   metadata = dict(
     config=args.config,
     overrides=args.set,
@@ -171,7 +208,7 @@ def main(argv=None) -> job.JobReport:
     model=dataclasses.asdict(gen.model.config),
   )
   report = job.run(
-    requests.read(args.scenes, defaults),
+    items,
     gen,
     args.out,
     batch_size=gen.data_parallel,

@@ -7,6 +7,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from holocine_jax import sample
 from holocine_jax.model import vae
@@ -19,8 +20,8 @@ ARGS += ["--set", "sampler.num_steps=2"]
 
 
 def _scene(rid, **fields):
-  return dict(id=rid, global_caption="Shapes.", shot_captions=["a disc", "a bar"], num_frames=9,
-              **fields)  # fmt: skip
+  base = dict(id=rid, global_caption="Shapes.", shot_captions=["a disc", "a bar"], num_frames=9)
+  return {**base, **fields}
 
 
 def _requests(*scenes):
@@ -95,3 +96,30 @@ def test_a_job_whose_every_line_is_bad_exits_nonzero(tmp_path):
   assert report.summary() == dict(
     done=0, skipped=0, failed={}, bad_lines=[str(e) for e in bad], exit_code=1
   )
+
+
+def test_a_valid_scene_is_not_failed_by_a_bad_batch_mate(tmp_path, monkeypatch):
+  # Same shape (17 frames, 32x32): before, the three shared one 8-way batch and all failed with
+  # the 4-shot scene's max_shots error (or the long prompt's text length error).
+  monkeypatch.chdir(ROOT)
+  scenes = tmp_path / "scenes.jsonl"
+  good = _scene("good", num_frames=17, height=32, width=32)
+  shots = {**good, "id": "shots", "shot_captions": ["a", "b", "c", "d"]}
+  long = {**good, "id": "long", "global_caption": "many words " * 20}
+  scenes.write_text("\n".join(json.dumps(s) for s in (shots, good, long)) + "\n")
+  report = sample.main([*ARGS, "--scenes", str(scenes), "--out", str(tmp_path / "out")])
+  assert report.done == ["good"] and report.failed == {}
+  assert report.bad_lines == [
+    "line 1: the scene has 4 shots but at most 3 are allowed (sample.max_shots)",
+    "line 3: prompt has 53 toy tokens but text_len is 32",
+  ]
+
+
+def test_bad_config_default_fails_before_the_model_is_built(tmp_path, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  monkeypatch.setattr(sample, "build", lambda *a, **k: pytest.fail("the model was built"))
+  scenes = tmp_path / "scenes.jsonl"
+  scenes.write_text(json.dumps(_scene("a")) + "\n")
+  argv = [*ARGS, "--set", "sampler.num_steps=0", "--scenes", str(scenes), "--out", str(tmp_path)]
+  with pytest.raises(ValueError, match="config sampler.num_steps: 'steps' must be >= 1, got 0"):
+    sample.main(argv)

@@ -3,36 +3,152 @@
 A line is either structured ({"id", "global_caption", "shot_captions", "num_frames",
 "cut_frames"?}) or raw ({"id", "prompt", "num_frames", "cut_frames"?}), plus optional "seed",
 "height", "width", "steps", "guidance" (one number or [high, low]) and "negative_prompt".
+Types are strict (a string is never a list, a boolean is not a number, a fraction is not an
+integer, null is not a string) and every limit that generation would hit (`Limits`: shots,
+prompt tokens, RoPE positions, shot length) is checked when the line is read, so a bad line is
+reported on its own and never reaches (or fails) a batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from holocine_jax.scene import Scene, SceneError
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_KNOWN = {
-  "id",
-  "global_caption",
-  "shot_captions",
-  "prompt",
-  "num_frames",
-  "cut_frames",
-  "seed",
-  "height",
-  "width",
-  "steps",
-  "guidance",
-  "negative_prompt",
-}
+MAX_SEED = 2**32 - 1  # jax.random.key keeps 32 bits: larger seeds would alias smaller ones
 
 
 class RequestError(ValueError):
   """A request line that cannot be sampled; the message starts with its line number."""
+
+
+def _json_type(value) -> str:
+  names = {bool: "a boolean", str: "a string", list: "a list", dict: "an object"}
+  if value is None:
+    return "null"
+  return names.get(type(value), f"{value!r}")
+
+
+def _string(field: str, value) -> str:
+  if not isinstance(value, str):
+    raise ValueError(f"{field!r} must be a string, got {_json_type(value)}")
+  return value
+
+
+def _integer(field: str, value, lo: int = 0, hi: int | None = None) -> int:
+  """An int in [lo, hi]; a float only when it is whole (17.0), never truncated (17.9)."""
+  whole = isinstance(value, float) and value.is_integer()
+  if isinstance(value, bool) or not (isinstance(value, int) or whole):
+    raise ValueError(f"{field!r} must be an integer, got {_json_type(value)}")
+  value = int(value)
+  if value < lo or (hi is not None and value > hi):
+    where = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+    raise ValueError(f"{field!r} must be {where}, got {value}")
+  return value
+
+
+def _number(field: str, value) -> float:
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    raise ValueError(f"{field!r} must be a finite number, got {_json_type(value)}")
+  return float(value)
+
+
+def _guidance(field: str, value) -> tuple[float, float]:
+  if isinstance(value, list):
+    if len(value) != 2:
+      raise ValueError(f"{field!r} must be a number or [high, low], got {len(value)} values")
+    return _number(f"{field}[0]", value[0]), _number(f"{field}[1]", value[1])
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return (_number(field, value),) * 2
+  raise ValueError(f"{field!r} must be a number or [high, low], got {_json_type(value)}")
+
+
+def _size(field: str, value) -> int:
+  value = _integer(field, value, lo=1)
+  if value % 16:
+    raise ValueError(f"{field!r} must be a positive multiple of 16, got {value}")
+  return value
+
+
+def _strings(field: str, value) -> list[str]:
+  if not isinstance(value, list):
+    raise ValueError(f"{field!r} must be a list of strings, got {_json_type(value)}")
+  return [_string(f"{field}[{i}]", v) for i, v in enumerate(value)]
+
+
+def _cuts(field: str, value) -> list[int] | None:
+  if value is None:
+    return None
+  if not isinstance(value, list):
+    raise ValueError(f"{field!r} must be a list of frame numbers, got {_json_type(value)}")
+  return [_integer(f"{field}[{i}]", v, lo=1) for i, v in enumerate(value)]
+
+
+# Fields a config gives defaults for: field -> validator(field, value) -> value.
+DEFAULTABLE = dict(
+  seed=lambda f, v: _integer(f, v, 0, MAX_SEED),
+  height=_size,
+  width=_size,
+  steps=lambda f, v: _integer(f, v, lo=1),
+  guidance=_guidance,
+  negative_prompt=_string,
+)
+_KNOWN = {"id", "global_caption", "shot_captions", "prompt", "num_frames", "cut_frames"}
+_KNOWN |= set(DEFAULTABLE)
+
+
+def check_defaults(defaults: dict, keys: dict[str, str]) -> None:
+  """Raises ValueError naming the config key (`keys[field]`) of a default no line could take."""
+  for field, validate in DEFAULTABLE.items():
+    try:
+      validate(field, defaults[field])
+    except ValueError as e:
+      raise ValueError(f"config {keys[field]}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """What generation can take, checked per line when it is read."""
+
+  max_shots: int  # sample.max_shots
+  max_positions: int  # model.rope_max_positions: post-patch frames, height and width
+  patch: tuple[int, int, int]  # model.patch_size
+  space_stride: int  # pixels per latent (VAE)
+  max_shot_frames: int | None = None  # sample.max_shot_frames (latent frames); None: unbounded
+  check_text: Callable[[Scene, str], object] | None = None  # raises when prompts do not fit
+
+  def check(self, scene: Scene, height: int, width: int, negative_prompt: str) -> None:
+    """Raises ValueError naming the limit the scene exceeds."""
+    if scene.num_shots > self.max_shots:
+      raise ValueError(
+        f"the scene has {scene.num_shots} shots but at most {self.max_shots} are allowed "
+        "(sample.max_shots)"
+      )
+    grid = dict(
+      num_frames=(scene.num_latent_frames // self.patch[0], "latent frames"),
+      height=(height // self.space_stride // self.patch[1], "latent rows"),
+      width=(width // self.space_stride // self.patch[2], "latent columns"),
+    )
+    for field, (n, what) in grid.items():
+      if n > self.max_positions:
+        raise ValueError(
+          f"{field!r} gives {n} {what} (after patching) but RoPE has {self.max_positions} "
+          "positions (model.rope_max_positions)"
+        )
+    bounds = scene.latent_bounds()
+    longest = max(b - a for a, b in zip(bounds, bounds[1:], strict=False))
+    if self.max_shot_frames is not None and longest > self.max_shot_frames:
+      raise ValueError(
+        f"a shot has {longest} latent frames but sample.max_shot_frames is "
+        f"{self.max_shot_frames}; cut the scene into shorter shots"
+      )
+    if self.check_text is not None:
+      self.check_text(scene, negative_prompt)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,11 +194,24 @@ class SceneRequest:
     )
 
 
-def parse(obj, line: int, defaults: dict) -> SceneRequest:
+def _scene(obj: dict) -> Scene:
+  num_frames = _integer("num_frames", obj["num_frames"], lo=1)
+  cuts = _cuts("cut_frames", obj.get("cut_frames"))
+  if "prompt" in obj:
+    return Scene.from_prompt(_string("prompt", obj["prompt"]), num_frames, cuts)
+  return Scene.create(
+    _string("global_caption", obj["global_caption"]),
+    _strings("shot_captions", obj["shot_captions"]),
+    num_frames,
+    cuts,
+  )
+
+
+def parse(obj, line: int, defaults: dict, limits: Limits | None = None) -> SceneRequest:
   """One decoded JSON line -> SceneRequest; raises RequestError naming the line and problem."""
   fail = lambda msg: RequestError(f"line {line}: {msg}")
   if not isinstance(obj, dict):
-    raise fail(f"expected a JSON object, got {type(obj).__name__}")
+    raise fail(f"expected a JSON object, got {_json_type(obj)}")
   unknown = sorted(set(obj) - _KNOWN)
   if unknown:
     raise fail(f"unknown fields {unknown}; known: {sorted(_KNOWN)}")
@@ -91,62 +220,44 @@ def parse(obj, line: int, defaults: dict) -> SceneRequest:
     raise fail(f"'id' must be a file-name-safe string (letters, digits, ._-), got {rid!r}")
   if "num_frames" not in obj:
     raise fail("'num_frames' is required")
+  if "prompt" not in obj and ("global_caption" not in obj or "shot_captions" not in obj):
+    raise fail("give either 'prompt' or both 'global_caption' and 'shot_captions'")
   try:
-    if "prompt" in obj:
-      scene = Scene.from_prompt(obj["prompt"], int(obj["num_frames"]), obj.get("cut_frames"))
-    else:
-      if "global_caption" not in obj or "shot_captions" not in obj:
-        raise fail("give either 'prompt' or both 'global_caption' and 'shot_captions'")
-      scene = Scene.create(
-        obj["global_caption"], obj["shot_captions"], int(obj["num_frames"]), obj.get("cut_frames")
-      )
-  except SceneError as e:
+    scene = _scene(obj)
+    values = {f: check(f, obj.get(f, defaults[f])) for f, check in DEFAULTABLE.items()}
+    if limits is not None:
+      limits.check(scene, values["height"], values["width"], values["negative_prompt"])
+  except (SceneError, ValueError) as e:
     raise fail(str(e)) from e
-  guidance = obj.get("guidance", defaults["guidance"])
-  guidance = (guidance, guidance) if isinstance(guidance, (int, float)) else tuple(guidance)
-  if len(guidance) != 2:
-    raise fail(f"'guidance' must be a number or [high, low], got {obj['guidance']!r}")
-  height, width = (
-    int(obj.get("height", defaults["height"])),
-    int(obj.get("width", defaults["width"])),
-  )
-  if height % 16 or width % 16 or height <= 0 or width <= 0:
-    raise fail(f"height and width must be positive multiples of 16, got {height}x{width}")
-  steps = int(obj.get("steps", defaults["steps"]))
-  if steps < 1:
-    raise fail(f"'steps' must be >= 1, got {steps}")
-  return SceneRequest(
-    id=rid,
-    scene=scene,
-    seed=int(obj.get("seed", defaults["seed"])),
-    height=height,
-    width=width,
-    steps=steps,
-    guidance=(float(guidance[0]), float(guidance[1])),
-    negative_prompt=str(obj.get("negative_prompt", defaults["negative_prompt"])),
-    line=line,
-  )
+  return SceneRequest(id=rid, scene=scene, line=line, **values)
 
 
-def read(path, defaults: dict) -> Iterator[SceneRequest | RequestError]:
+def read(
+  path, defaults: dict, limits: Limits | None = None
+) -> Iterator[SceneRequest | RequestError]:
   """Requests of a JSONL file in order; a bad line yields its RequestError instead."""
-  seen: dict[str, int] = {}
   with open(path) as f:
-    for line, text in enumerate(f, start=1):
-      if not text.strip():
-        continue
-      try:
-        request = parse(json.loads(text), line, defaults)
-      except json.JSONDecodeError as e:
-        yield RequestError(f"line {line}: not valid JSON ({e.msg} at column {e.colno})")
-        continue
-      except (RequestError, ValueError, TypeError) as e:
-        yield e if isinstance(e, RequestError) else RequestError(f"line {line}: {e}")
-        continue
-      if request.id in seen:
-        yield RequestError(
-          f"line {line}: id {request.id!r} already used on line {seen[request.id]}"
-        )
-        continue
-      seen[request.id] = line
-      yield request
+    yield from read_lines(f, defaults, limits)
+
+
+def read_lines(
+  lines: Iterable[str], defaults: dict, limits: Limits | None = None
+) -> Iterator[SceneRequest | RequestError]:
+  """Requests of JSONL text lines (numbered from 1) in order; see `read`."""
+  seen: dict[str, int] = {}
+  for line, text in enumerate(lines, start=1):
+    if not text.strip():
+      continue
+    try:
+      request = parse(json.loads(text), line, defaults, limits)
+    except json.JSONDecodeError as e:
+      yield RequestError(f"line {line}: not valid JSON ({e.msg} at column {e.colno})")
+      continue
+    except (ValueError, TypeError) as e:  # RequestError, or a text check's own error
+      yield e if isinstance(e, RequestError) else RequestError(f"line {line}: {e}")
+      continue
+    if request.id in seen:
+      yield RequestError(f"line {line}: id {request.id!r} already used on line {seen[request.id]}")
+      continue
+    seen[request.id] = line
+    yield request
