@@ -5,11 +5,13 @@
   python -m holocine_jax.sample --config configs/tiny.py --random_init --scenes s.jsonl --out out/
 
 `--checkpoint` is a directory written by `python -m holocine_jax.convert` (components `high`,
-`low`, `text_encoder`, `vae`). Rerunning skips finished scenes; a bad line is reported with its
-line number and skipped: every line is validated completely (types and the model's limits)
-before the model is built. See sampling/requests.py for the line format.
+`low`, `text_encoder`, `vae`). Before the model is built, `--out` is locked for this job (a
+second job on it fails) and every line is validated completely (types and the model's limits);
+a bad line is reported with its line number and skipped. Rerunning skips a finished scene only
+if nothing that determines its video changed (request, model, sampler, decoder, weights; see
+`setup`), and generates a changed one again. See sampling/requests.py for the line format.
 Exit codes: 0 every scene done or skipped; 1 a bad line or a failed scene (the printed JSON
-summary lists them); any other error (a config value, the checkpoint) raises.
+summary lists them); any other error (a config value, `--out`, the checkpoint) raises.
 """
 
 from __future__ import annotations
@@ -153,6 +155,27 @@ def vae_decoder(vae_config):
   return jax.jit(decode)
 
 
+def setup(config, *, checkpoint=None, tokenizer=None, random_init=False) -> dict:
+  """Everything besides a request that determines its video (the sidecar's fingerprint)."""
+  sampler = dataclasses.asdict(SamplerConfig.from_config(config.sampler))
+  for per_request in ("num_steps", "guidance_high", "guidance_low"):
+    del sampler[per_request]
+  sample = {k: v for k, v in config.sample.to_dict().items() if k not in _DEFAULT_KEYS}
+  del sample["swap_experts"]  # memory only
+  if sample["text_encoder"] != "toy":
+    sample["tokenizer"] = tokenizer or sample["tokenizer"]
+  if checkpoint:
+    record = convert.info(checkpoint)
+    record.pop("seconds")
+    for component in record["components"].values():
+      component.pop("seconds")
+    weights = dict(converted=record)
+  else:
+    weights = dict(random_init=random_init, seed=config.sample.seed)
+  model = dataclasses.asdict(DiTConfig.from_config(config.model))
+  return json.loads(json.dumps(dict(model=model, sampler=sampler, sample=sample, weights=weights)))
+
+
 def build(config, *, checkpoint=None, tokenizer=None, random_init=False) -> generator.Generator:
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.logical_rules)
@@ -196,26 +219,20 @@ def main(argv=None) -> job.JobReport:
     negative_prompt=s.negative_prompt,
   )
   requests.check_defaults(defaults, _DEFAULT_KEYS)
-  items = list(requests.read(args.scenes, defaults, limits(config, args.tokenizer)))
-  gen = build(
-    config, checkpoint=args.checkpoint, tokenizer=args.tokenizer, random_init=args.random_init
-  )
-  metadata = dict(
-    config=args.config,
-    overrides=args.set,
-    checkpoint=args.checkpoint,
-    sampler=dataclasses.asdict(gen.sampler),
-    model=dataclasses.asdict(gen.model.config),
-  )
-  report = job.run(
-    items,
-    gen,
-    args.out,
-    batch_size=gen.data_parallel,
-    fps=s.fps,
-    metadata=metadata,
-    progress=not args.no_progress,
-  )
+  weights = dict(checkpoint=args.checkpoint, tokenizer=args.tokenizer, random_init=args.random_init)
+  mesh = sharding.make_mesh(config.mesh)
+  with job.exclusive(args.out):
+    items = list(requests.read(args.scenes, defaults, limits(config, args.tokenizer)))
+    report = job.run(
+      items,
+      lambda: build(config, **weights),
+      args.out,
+      setup=setup(config, **weights),
+      batch_size=sharding.batch_shards(mesh, sharding.logical_rules(config.logical_rules)),
+      fps=s.fps,
+      metadata=dict(config=args.config, overrides=args.set, checkpoint=args.checkpoint),
+      progress=not args.no_progress,
+    )
   print(json.dumps(report.summary(), indent=2))
   return report
 

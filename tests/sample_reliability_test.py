@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import tiny
 from holocine_jax import sample
 from holocine_jax.model import vae
 from holocine_jax.sampling import job, requests
@@ -50,8 +51,9 @@ def test_nonfinite_scene_fails_and_its_batch_mates_are_generated_alone(tmp_path)
   calls = []
   report = job.run(
     _requests(_scene("a"), _scene("b"), _scene("c")),
-    _fake_generate({"b"}, calls),
+    lambda: _fake_generate({"b"}, calls),
     str(tmp_path),
+    setup={},
     batch_size=4,
     progress=False,
   )
@@ -92,9 +94,9 @@ def test_vae_decode_reports_nonfinite_pixels_per_scene(monkeypatch):
 
 def test_a_job_whose_every_line_is_bad_exits_nonzero(tmp_path):
   bad = [requests.RequestError("line 1: not valid JSON"), requests.RequestError("line 2: x")]
-  report = job.run(bad, _fake_generate(), str(tmp_path), progress=False)
+  report = job.run(bad, pytest.fail, str(tmp_path), setup={}, progress=False)
   assert report.summary() == dict(
-    done=0, skipped=0, failed={}, bad_lines=[str(e) for e in bad], exit_code=1
+    done=0, skipped=0, changed={}, failed={}, bad_lines=[str(e) for e in bad], exit_code=1
   )
 
 
@@ -123,3 +125,87 @@ def test_bad_config_default_fails_before_the_model_is_built(tmp_path, monkeypatc
   argv = [*ARGS, "--set", "sampler.num_steps=0", "--scenes", str(scenes), "--out", str(tmp_path)]
   with pytest.raises(ValueError, match="config sampler.num_steps: 'steps' must be >= 1, got 0"):
     sample.main(argv)
+
+
+def _run(out, scenes, setup, calls=None):
+  return job.run(
+    _requests(*scenes), lambda: _fake_generate((), calls), str(out), setup=setup, progress=False
+  )
+
+
+def test_rerun_regenerates_exactly_the_scenes_whose_content_changed(tmp_path):
+  setup = dict(model=dict(dim=32), weights=dict(random_init=True, seed=0))
+  a, b = _scene("a"), _scene("b", seed=1)
+  assert _run(tmp_path, [a, b], setup).done == ["a", "b"]
+  stamp = os.path.getmtime(tmp_path / "a.mp4")
+  calls = []
+  again = _run(tmp_path, [a, b], setup, calls)
+  assert again.skipped == ["a", "b"] and calls == []  # nothing to do: no generator is made
+  edited = {**b, "seed": 2, "shot_captions": ["a disc", "a square"]}
+  report = _run(tmp_path, [a, edited], setup, calls)
+  assert report.skipped == ["a"] and report.done == ["b"] and calls == [["b"]]
+  assert report.changed == {"b": ["prompt", "seed", "shot_captions"]}
+  assert json.loads((tmp_path / "b.json").read_text())["request"]["seed"] == 2
+  new_model = {**setup, "model": dict(dim=64)}
+  report = _run(tmp_path, [a, edited], new_model)
+  assert report.changed == {"a": ["model"], "b": ["model"]} and report.done == ["a", "b"]
+  assert os.path.getmtime(tmp_path / "a.mp4") >= stamp
+  assert _run(tmp_path, [a, edited], new_model).skipped == ["a", "b"]
+
+
+def test_unreadable_sidecar_is_generated_again(tmp_path):
+  _run(tmp_path, [_scene("a")], {})
+  (tmp_path / "a.json").write_text("{not json")
+  report = _run(tmp_path, [_scene("a")], {})
+  assert report.done == ["a"] and report.changed == {"a": ["made before sidecars recorded a "
+                                                          "fingerprint"]}  # fmt: skip
+
+
+def test_setup_follows_what_determines_the_video():
+  config = tiny.get_config()
+  base = sample.setup(config, random_init=True)
+  config.sampler.num_steps = 3  # a default, resolved into each request: not part of the setup
+  config.sample.swap_experts = True  # memory only
+  assert sample.setup(config, random_init=True) == base
+  config.sampler.shift = 3.0
+  assert sample.setup(config, random_init=True)["sampler"] != base["sampler"]
+  config.model.dim = 64
+  assert sample.setup(config, random_init=True)["model"]["dim"] == 64
+
+
+def test_one_job_per_output_directory(tmp_path):
+  out = str(tmp_path / "out")
+  with (
+    job.exclusive(out),
+    pytest.raises(
+      job.OutputDirError,
+      match=rf"--out {out} is in use by another sampling job \(pid {os.getpid()} on host ",
+    ),
+    job.exclusive(out),
+  ):
+    pass
+  with job.exclusive(out):  # released when the first job ended
+    pass
+
+
+def test_stale_lock_is_taken_over_with_a_message(tmp_path):
+  (tmp_path / job.LOCK_FILE).write_text("pid 999999 on host gone\n")
+  messages = []
+  with job.exclusive(str(tmp_path), log=messages.append):
+    pass
+  assert messages == [f"taking over the lock on {tmp_path} from a job that is gone (pid 999999 on "
+                      "host gone)"]  # fmt: skip
+
+
+def test_unusable_out_fails_before_the_model_is_built(tmp_path, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  monkeypatch.setattr(sample, "build", lambda *a, **k: pytest.fail("the model was built"))
+  scenes = tmp_path / "scenes.jsonl"
+  scenes.write_text(json.dumps(_scene("a")) + "\n")
+  a_file = tmp_path / "file"
+  a_file.write_text("")
+  with pytest.raises(job.OutputDirError, match=f"--out {a_file}/out is not a writable directory"):
+    sample.main([*ARGS, "--scenes", str(scenes), "--out", f"{a_file}/out"])
+  held = pytest.raises(job.OutputDirError, match="is in use by another sampling job")
+  with job.exclusive(str(tmp_path / "out")), held:
+    sample.main([*ARGS, "--scenes", str(scenes), "--out", str(tmp_path / "out")])

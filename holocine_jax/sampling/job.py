@@ -1,7 +1,12 @@
 """Resumable batch sampling: requests in, one mp4 + JSON sidecar per scene out.
 
 Outputs are written atomically, the sidecar last, so a scene is done iff its sidecar exists; a
-rerun skips done scenes and a killed run leaves no partial file. Requests of equal shape are
+killed run leaves no partial file. Resume is by content: the sidecar records a fingerprint of
+everything that determines the video (the request after defaults and the `setup`: model,
+sampler, decoder, weights), so a rerun skips a scene only when its fingerprint is unchanged and
+otherwise generates it again (saying what changed) and replaces it. One job per output
+directory (`exclusive`: a lock file naming the holder, checked before the model is built).
+Requests of equal shape are
 batched (up to `batch_size`, the data-parallel width); a bad line or a failed batch is reported
 and the rest still run. Nothing non-finite is written: a scene whose latents or pixels hold NaN
 or Inf fails (`NonFiniteOutputError`) and its finite batch-mates are generated again without it;
@@ -10,10 +15,14 @@ sidecars are strict JSON.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import glob
+import hashlib
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterable
 
@@ -46,10 +55,84 @@ def check_finite(what: str, finite_B) -> None:
     raise NonFiniteOutputError(what, bad)
 
 
+LOCK_FILE = ".holocine_sample.lock"
+
+
+class OutputDirError(RuntimeError):
+  """`--out` cannot be used: not a writable directory, or another job is writing it."""
+
+
+@contextlib.contextmanager
+def exclusive(out_dir: str, log: Callable[[str], None] = print):
+  """Holds `out_dir` for this job: creates it, checks it is writable and locks it (an flock on
+  `LOCK_FILE`, which names the holder's pid and host), so a second job on it fails at once.
+  The kernel drops the flock when a holder dies; its stale note is taken over with a message."""
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    fd = os.open(os.path.join(out_dir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as e:
+    raise OutputDirError(f"--out {out_dir} is not a writable directory ({e.strerror})") from None
+  with os.fdopen(fd, "r+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = f.read().strip() or "holder unknown"
+      raise OutputDirError(
+        f"--out {out_dir} is in use by another sampling job ({holder}); wait for it to finish "
+        "or pick another --out"
+      ) from None
+    stale = f.read().strip()
+    if stale:
+      log(f"taking over the lock on {out_dir} from a job that is gone ({stale})")
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+    f.flush()
+    try:
+      yield
+    finally:
+      f.seek(0)
+      f.truncate()
+
+
+def fingerprint(request: SceneRequest, setup: dict) -> str:
+  """sha256 of everything that determines a scene's video: the request after defaults (not its
+  id or line) and the job's `setup`."""
+  body = dict(request={**request.to_json(), "id": None}, setup=setup)
+  return hashlib.sha256(json.dumps(body, sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def _changes(old: dict, request: SceneRequest, setup: dict) -> list[str]:
+  """Names of the request fields and setup parts that differ from a stored sidecar."""
+  if "fingerprint" not in old:
+    return ["made before sidecars recorded a fingerprint"]
+  new = dict(request=request.to_json(), setup=setup)
+  return [
+    name
+    for part in ("request", "setup")
+    for name in sorted(set(old.get(part, {})) | set(new[part]))
+    if old.get(part, {}).get(name) != new[part].get(name)
+  ] or ["fingerprint"]
+
+
+def _finished(out_dir: str, request_id: str) -> dict | None:
+  """The sidecar of a finished scene (mp4 and sidecar present), or None."""
+  mp4, sidecar = output_paths(out_dir, request_id)
+  if not (os.path.exists(mp4) and os.path.exists(sidecar)):
+    return None
+  try:
+    with open(sidecar) as f:
+      stored = json.load(f)
+  except (OSError, ValueError):
+    return {}  # unreadable: generated again
+  return stored if isinstance(stored, dict) else {}
+
+
 @dataclasses.dataclass
 class JobReport:
   done: list[str] = dataclasses.field(default_factory=list)
   skipped: list[str] = dataclasses.field(default_factory=list)
+  changed: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # regenerated: why
   failed: dict[str, str] = dataclasses.field(default_factory=dict)
   bad_lines: list[str] = dataclasses.field(default_factory=list)
 
@@ -63,6 +146,7 @@ class JobReport:
     return dict(
       done=len(self.done),
       skipped=len(self.skipped),
+      changed=self.changed,
       failed=self.failed,
       bad_lines=self.bad_lines,
       exit_code=self.exit_code,
@@ -80,11 +164,6 @@ def remove_partial(out_dir: str, request_id: str) -> None:
       os.remove(tmp)
 
 
-def is_done(out_dir: str, request_id: str) -> bool:
-  mp4, sidecar = output_paths(out_dir, request_id)
-  return os.path.exists(sidecar) and os.path.exists(mp4)
-
-
 def batches(requests: list[SceneRequest], batch_size: int) -> list[list[SceneRequest]]:
   """Consecutive groups of equal `shape_key`, in first-seen order, at most `batch_size` each."""
   groups: dict[tuple, list[SceneRequest]] = {}
@@ -97,30 +176,43 @@ def batches(requests: list[SceneRequest], batch_size: int) -> list[list[SceneReq
 
 def run(
   items: Iterable[SceneRequest | RequestError],
-  generate: Callable[[list[SceneRequest]], list[tuple]],
+  make_generate: Callable[[], Callable[[list[SceneRequest]], list[tuple]]],
   out_dir: str,
   *,
+  setup: dict,
   batch_size: int = 1,
   fps: int = 15,
   metadata: dict | None = None,
   log: Callable[[str], None] = print,
   progress: bool = True,
 ) -> JobReport:
-  """Generates every request not done yet; `generate(batch)` returns (uint8 frames, timings)
-  per request, in order."""
+  """Generates every request not done yet with `make_generate()` (called only if there is work;
+  `generate(batch)` returns (uint8 frames, timings) per request, in order). `setup` (JSON) is
+  what besides the request determines a video; `metadata` is recorded as is."""
   report = JobReport()
   todo = []
   for item in items:
     if isinstance(item, RequestError):
       report.bad_lines.append(str(item))
       log(f"skipping bad request: {item}")
-    elif is_done(out_dir, item.id):
+      continue
+    stored = _finished(out_dir, item.id)
+    if stored is not None and stored.get("fingerprint") == fingerprint(item, setup):
       report.skipped.append(item.id)
-    else:
-      remove_partial(out_dir, item.id)
-      todo.append(item)
+      continue
+    if stored is not None:
+      report.changed[item.id] = _changes(stored, item, setup)
+      log(
+        f"scene {item.id} (line {item.line}) differs from its existing video "
+        f"({', '.join(report.changed[item.id])}); generating it again"
+      )
+    remove_partial(out_dir, item.id)
+    todo.append(item)
   if report.skipped:
     log(f"{len(report.skipped)} scenes already done in {out_dir}; {len(todo)} to go")
+  if not todo:
+    return report
+  generate = make_generate()
 
   def fail(r: SceneRequest, error: Exception) -> None:
     report.failed[r.id] = f"{type(error).__name__}: {error}"
@@ -149,6 +241,8 @@ def run(
     for r, (frames, timings) in zip(batch, results, strict=True):
       sidecar = dict(
         request=r.to_json(),
+        setup=setup,
+        fingerprint=fingerprint(r, setup),
         latent_bounds=list(r.scene.latent_bounds()),
         fps=fps,
         frames=list(frames.shape),
@@ -162,6 +256,8 @@ def run(
         fail(r, e)
         continue
       mp4, sidecar_path = output_paths(out_dir, r.id)
+      with contextlib.suppress(FileNotFoundError):  # a sidecar only ever describes its mp4
+        os.remove(sidecar_path)
       video_io.write_mp4(mp4, frames, fps)
       files.write_json(sidecar_path, sidecar)
       report.done.append(r.id)
