@@ -3,6 +3,7 @@ resumed equals the straight run bit for bit; SIGTERM saves and stops; a NaN loss
 with its step."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,6 +127,40 @@ def test_sigterm_saves_and_stops_with_the_preemption_exit_code(tmp_path, cache_d
   assert "preemption notice: saved step 4" in proc.stdout
   assert list(result["steps"]) == [1, 2, 3, 4]
   assert _checkpoints(tmp_path / "run") == ["2", "4"]
+
+
+def _lose_array_bytes(step_dir):
+  for f in (step_dir / "state").rglob("*"):
+    if f.is_file() and "/d/" in str(f):
+      f.write_bytes(b"")
+
+
+CORRUPTIONS = dict(
+  metadata=lambda step_dir: (step_dir / "state" / "_METADATA").unlink(),
+  data_position=lambda step_dir: (step_dir / "data" / "process_0-of-1.json").unlink(),
+  array_bytes=_lose_array_bytes,
+)
+
+
+@pytest.mark.slow
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_step(tmp_path, cache_dir):
+  straight_proc, straight = _run(tmp_path, cache_dir, tmp_path / "straight", "straight")
+  assert straight_proc.returncode == 0, straight_proc.stderr[-3000:]
+  template = tmp_path / "template"  # SIGTERM after step 5: step 6 saved, then stop
+  proc, _ = _run(tmp_path, cache_dir, template, "template", kill_at=5, sig="SIGTERM")
+  assert proc.returncode == 143 and _checkpoints(template) == ["2", "4", "6"], proc.stderr[-3000:]
+  for name, corrupt in CORRUPTIONS.items():
+    workdir = tmp_path / name
+    shutil.copytree(template, workdir)
+    corrupt(workdir / "checkpoints" / "6")
+    proc, resumed = _run(tmp_path, cache_dir, workdir, name)
+    assert proc.returncode == 0, (name, proc.stderr[-3000:])
+    assert "warning: checkpoint step 6 cannot be restored (" in proc.stdout, (name, proc.stdout)
+    assert "warning: resuming from step 4" in proc.stdout, name
+    assert int(resumed["start"]) == 4 and list(resumed["steps"]) == [5, 6, 7, 8], name
+    np.testing.assert_array_equal(resumed["losses"], straight["losses"][4:], err_msg=name)
+    assert _checkpoints(workdir)[-1] == "8"
+    assert (tmp_path / name / "checkpoints.unrestorable" / "6").is_dir(), name  # kept
 
 
 def test_nan_loss_stops_with_the_step(tmp_path, cache_dir):

@@ -90,9 +90,9 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
     keep=train_cfg.keep_checkpoints,
     async_save=train_cfg.async_checkpoint,
   )
-  latest = ckpt.latest_step()
-  if latest is not None:
-    train_state = ckpt.restore(latest, train_state, state_shardings, iterator)
+  restored = ckpt.restore_latest(train_state, state_shardings, iterator)
+  if restored is not None:
+    train_state = restored
   start = int(jax.device_get(train_state.step))
 
   writer = metrics_lib.MetricWriter(
