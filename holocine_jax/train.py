@@ -6,6 +6,9 @@
 
 Re-running with the same workdir resumes from its newest checkpoint (same data stream). With
 `distributed.initialize=True` (TPU VMs: see launch/), every host runs this same command.
+`workdir/config.json` keeps the config of the run; a rerun compares its config first and refuses
+changes that break the resume (model, data stream, batch, training seed: `FIXED`) naming the
+keys, unless `--allow_config_change`; other changes (steps, learning rate, mesh) are printed.
 Exit codes: 0 trained to `train.num_steps`; 143 (128 + SIGTERM) stopped at a preemption notice
 after saving (rerun to resume); 1 an error.
 """
@@ -31,7 +34,45 @@ def parse_args(argv=None):
     metavar="KEY=VALUE",
     help="override, e.g. train.num_steps=50",
   )
+  p.add_argument(
+    "--allow_config_change",
+    action="store_true",
+    help="resume although model / data / batch / seed settings differ from workdir/config.json",
+  )
   return p.parse_args(argv)
+
+
+# Config keys (and block prefixes) a workdir's run cannot change: parameter and optimizer shapes,
+# the data stream (same samples in the same order) and the training randomness.
+FIXED = ("model.", "data.", "train.global_batch", "train.seed", "train.expert")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def check_config_change(stored: dict, config: dict, allow: bool) -> list[str]:
+  """The keys whose values differ between a workdir's stored config and `config`; raises
+  ValueError naming the FIXED ones among them unless `allow`."""
+  old, new = _flat(stored), _flat(config)
+  changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+  fixed = [k for k in changed if k.startswith(FIXED)]
+  if fixed and not allow:
+    details = "; ".join(
+      f"{k}: {old.get(k, '(absent)')!r} -> {new.get(k, '(absent)')!r}" for k in fixed
+    )
+    raise ValueError(
+      f"the config differs from the one this workdir was trained with in keys that the resume "
+      f"cannot change ({details}). Use a new --workdir, restore the values, or pass "
+      "--allow_config_change to resume anyway"
+    )
+  return changed
 
 
 def initialize_distributed(dist) -> None:
@@ -63,10 +104,17 @@ def main(argv=None) -> int:
 
   loop.check_config(config)
   initialize_distributed(config.distributed)
+  config_json = json.loads(config.to_json_best_effort())
+  path = os.path.join(args.workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      changed = check_config_change(json.load(f), config_json, args.allow_config_change)
+    if changed:
+      print(f"config changes since the last run of {args.workdir}: {changed}", flush=True)
   os.makedirs(args.workdir, exist_ok=True)
   if jax.process_index() == 0:
-    with open(os.path.join(args.workdir, "config.json"), "w") as f:
-      json.dump(json.loads(config.to_json_best_effort()), f, indent=2)
+    with open(path, "w") as f:
+      json.dump(config_json, f, indent=2)
   result = loop.train(config, args.workdir)
   if result.losses:
     last = max(result.losses)
