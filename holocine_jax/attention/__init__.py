@@ -2,11 +2,22 @@
 
 Sparse implementations: "reference" (dense masked oracle), "packed" (portable XLA, shots packed
 into fixed slots), "kernel" (Pallas block-sparse flash kernel: Mosaic grid style on TPU, Triton
-loop style on GPU, interpret mode on CPU). "auto" takes the kernel on TPU and the packed path
-elsewhere (the GPU kernel is only validated in interpret mode so far). Full attention: "kernel"
-runs the same kernel on a one-shot layout (flash attention), "reference" the oracle, anything
-else exact XLA attention over query chunks (`chunked.py`). Cross-attention is always chunked, so
-the [L, T] logits of window cross-attention never exist at once.
+loop style on GPU, interpret mode on CPU). "auto" takes the kernel on TPU and GPU and the packed
+path on CPU. Full attention: "kernel" runs the same kernel on a one-shot layout (flash
+attention), "reference" the oracle, anything else exact XLA attention over query chunks
+(`chunked.py`). Cross-attention is always chunked, so the [L, T] logits of window
+cross-attention never exist at once.
+
+Full attention on TPU uses our kernel, not jax's splash attention: both visit every kv block
+(a one-shot layout's table spans the sequence; splash's full mask does too), both compile
+fwd+bwd in seconds, and compiled for one v5p chip at 95,160 tokens x 40 heads (bf16, head_dim
+128, 512 blocks) the forward needs the same temporary memory (3.63 vs 3.64 GB) and fwd+bwd a
+little more (7.27 vs 6.45 GB, output relayouts the model's projections can absorb). The kernel
+keeps one code path for both modes on TPU and GPU, takes token-major operands, masks padding by
+shot id instead of needing segment ids, and builds no per-length mask tables at trace time.
+
+Every choice follows the platform compiled for (`target.platform()`: the mesh in context, else
+the host), so a deviceless TPU mesh on a CPU host gets the Mosaic kernel, not interpret mode.
 
 Under a mesh the kernel runs in `shard_map` with batch split as `act_batch` and heads split over
 the `act_heads` axes plus any `act_length` (context) axes: a sequence-sharded input is thus
@@ -22,6 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from holocine_jax import layout
 from holocine_jax.attention import chunked, masks, packed, reference, shot_kernel
+from holocine_jax.attention.target import platform
 from holocine_jax.layout import ShotBatch
 
 SELF_ATTENTION_MODES = ("full", "sparse")
@@ -32,7 +44,7 @@ def resolve_impl(impl: str) -> str:
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {impl!r}, expected {IMPLEMENTATIONS}")
   if impl == "auto":
-    return "kernel" if jax.default_backend() == "tpu" else "packed"
+    return "kernel" if platform() in ("tpu", "gpu") else "packed"
   return impl
 
 
@@ -63,11 +75,7 @@ def self_attention(
     return reference.sparse_shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots)
   if impl == "packed":
     return packed.packed_shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots)
-  kernel = functools.partial(
-    shot_kernel.shot_attention,
-    block_sizes=block_sizes,
-    interpret=jax.default_backend() == "cpu",
-  )
+  kernel = functools.partial(shot_kernel.shot_attention, block_sizes=block_sizes)
   if jax.sharding.get_abstract_mesh().empty:
     return kernel(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots)
   return _in_shard_map(kernel, q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots)

@@ -7,6 +7,9 @@ table) and then the tail blocks; no other block is loaded or computed. Partial b
 boundaries are masked token by token. The tables are traced values and loop bounds are static
 bounds from `ShotBatch.max_shot_frames`, so new cuts at the same shapes do not recompile.
 
+Operands stay token-major [B, L, H, K] (each kernel reads a head's [block, K] tiles in place),
+so no [B, H, L, K] transposes of q, k, v, out or their gradients are ever materialised.
+
 This file holds the layout-to-table logic, the custom_vjp and the checked, jitted entry point;
 `shot_kernel_tpu` (Mosaic grid style; also what CPU interpret mode runs by default) and
 `shot_kernel_gpu` (Triton loop style) hold the pallas_calls; `shot_math` the block math.
@@ -82,22 +85,21 @@ def _flash_fwd(q, k, v, ids, lo, cnt, q_lo, q_cnt, st):
 def _flash_bwd(st, res, do):
   q, k, v, ids, lo, cnt, q_lo, q_cnt, o, lse = res
   kernels = _BACKENDS[st.backend]
-  b, _, lp, _ = q.shape
-  delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
-  dq = kernels.dq(q, k, v, do, lse, delta, ids, lo, cnt, st)
+  b, lp, _, _ = q.shape
+  dq, delta = kernels.dq(q, k, v, do, o, lse, ids, lo, cnt, st)
   nq = lp // st.block_q
   qids = ids[:, :lp]
   dk_tok, dv_tok = kernels.dkv(
-    q, k[:, :, :lp], v[:, :, :lp], do, lse, delta, qids, qids, q_lo, q_cnt, st.q_steps, st
+    q, k[:, :lp], v[:, :lp], do, lse, delta, qids, qids, q_lo, q_cnt, st.q_steps, st
   )
   if not st.num_tail_blocks:
     return dq, dk_tok, dv_tok, None, None, None, None, None
   tail = jnp.zeros((b, st.num_tail_blocks), jnp.int32)
   dk_tail, dv_tail = kernels.dkv(
-    q, k[:, :, lp:], v[:, :, lp:], do, lse, delta, qids, ids[:, lp:], tail, tail + nq, nq, st
+    q, k[:, lp:], v[:, lp:], do, lse, delta, qids, ids[:, lp:], tail, tail + nq, nq, st
   )
-  dk = jnp.concatenate([dk_tok, dk_tail], axis=2)
-  dv = jnp.concatenate([dv_tok, dv_tail], axis=2)
+  dk = jnp.concatenate([dk_tok, dk_tail], axis=1)
+  dv = jnp.concatenate([dv_tok, dv_tail], axis=1)
   return dq, dk, dv, None, None, None, None, None
 
 
@@ -119,14 +121,11 @@ def _check(q, k, v, shots: ShotBatch, block_sizes: BlockSizes, interpret: bool, 
   if backend not in _BACKENDS:
     raise ValueError(f"unknown kernel backend {backend!r}, expected one of {sorted(_BACKENDS)}")
   lanes = shot_kernel_tpu.LANES
-  if (
-    backend == "tpu"
-    and not interpret
-    and (block_sizes.block_q % lanes or block_sizes.block_kv % lanes)
-  ):
-    raise ValueError(
-      f"the TPU kernel needs block sizes that are multiples of {lanes}, got {block_sizes}"
-    )
+  if backend == "tpu" and not interpret:
+    if block_sizes.block_q % lanes or block_sizes.block_kv % lanes:
+      raise ValueError(f"the TPU kernel needs blocks that are multiples of {lanes}: {block_sizes}")
+    if q.shape[-1] % lanes and q.shape[2] > 1:
+      raise ValueError(f"the TPU kernel needs head_dim a multiple of {lanes}, got {q.shape[-1]}")
 
 
 def shot_attention(
@@ -176,13 +175,12 @@ def _shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, interpr
     backend=backend,
   )
 
-  def heads_major(x_BxLxHxK, length):
-    x = jnp.pad(x_BxLxHxK, ((0, 0), (0, length - x_BxLxHxK.shape[1]), (0, 0), (0, 0)))
-    return x.transpose(0, 2, 1, 3)
+  def padded(x_BxLxHxK, length):
+    return jnp.pad(x_BxLxHxK, ((0, 0), (0, length - x_BxLxHxK.shape[1]), (0, 0), (0, 0)))
 
   def with_tail(x_BxLxHxK):
     tail_BxGxHxK = jnp.take_along_axis(x_BxLxHxK, shots.summary_idx_BxG[:, :, None, None], 1)
-    return jnp.concatenate([heads_major(x_BxLxHxK, lp), heads_major(tail_BxGxHxK, gp)], axis=2)
+    return jnp.concatenate([padded(x_BxLxHxK, lp), padded(tail_BxGxHxK, gp)], axis=1)
 
   shot_BxL = shots.shot_id_BxL.astype(jnp.int32)
   tail_id = jnp.where(shots.summary_valid_BxG, sm.SUMMARY_ID, sm.INVALID_ID).astype(jnp.int32)
@@ -196,8 +194,8 @@ def _shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, interpr
   start_BxN, end_BxN = shots.shot_bounds_BxNx2[..., 0], shots.shot_bounds_BxNx2[..., 1]
   lo, cnt = _ranges(shot_BxL, start_BxN, end_BxN, lp // bq, bq, bk)
   q_lo, q_cnt = _ranges(shot_BxL, start_BxN, end_BxN, lp // bk, bk, bq)
-  out = _flash(
-    heads_major(q_BxLxHxK, lp),
+  out_BxLpxHxK = _flash(
+    padded(q_BxLxHxK, lp),
     with_tail(k_BxLxHxK),
     with_tail(v_BxLxHxK),
     ids,
@@ -207,7 +205,7 @@ def _shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, interpr
     q_cnt,
     st,
   )
-  return out.transpose(0, 2, 1, 3)[:, :num_l]
+  return out_BxLpxHxK[:, :num_l]
 
 
 def visited_blocks(shots: ShotBatch, block_sizes: BlockSizes = BlockSizes()) -> tuple[int, int]:

@@ -3,8 +3,9 @@
 Each program owns one q block (forward, dq) or kv block (dkv) and loops with `fori_loop` over
 exactly its table range, then over the summary tail: work is proportional to the visited blocks.
 The opposite operand is addressed as a whole sequence and sliced per step with `pl.ds`.
-Per-query values are [.., Lp, 1] columns and kv shot ids a [B, 1, Lk] row, so the shared block
-math sees the same 2D shapes as on TPU. Lowered through Triton (its compiler params say so; jax's
+Operands are token-major [B, L, H, K] (blocks squeeze the head). Per-query values are [.., Lp, 1]
+columns and kv shot ids a [B, 1, Lk] row, so the shared block math sees the same 2D shapes as on
+TPU. Lowered through Triton (its compiler params say so; jax's
 default GPU lowering, Mosaic GPU, would stage the whole-sequence operands in shared memory).
 Legend: B batch, H heads, Lp padded tokens, Lk kv length, K head dim.
 """
@@ -54,17 +55,19 @@ def _dq_kernel(
   k_ref,
   v_ref,
   do_ref,
+  o_ref,
   lse_ref,
-  delta_ref,
   qid_ref,
   kvid_ref,
   dq_ref,
+  delta_ref,
   *,
   st: sm.Static,
   num_token_blocks: int,
 ):
   i = pl.program_id(2)
-  q, do, lse, delta, qid = q_ref[...], do_ref[...], lse_ref[...], delta_ref[...], qid_ref[...]
+  q, do, lse, qid = q_ref[...], do_ref[...], lse_ref[...], qid_ref[...]
+  delta = sm.delta(do, o_ref[...])
 
   def visit(block, dq_QxK):
     kv = pl.ds(block * st.block_kv, st.block_kv)
@@ -76,6 +79,7 @@ def _dq_kernel(
   dq_QxK = jax.lax.fori_loop(lo_ref[i], lo_ref[i] + cnt_ref[i], visit, dq_QxK)
   dq_QxK = jax.lax.fori_loop(num_token_blocks, num_token_blocks + st.num_tail_blocks, visit, dq_QxK)
   dq_ref[...] = dq_QxK.astype(dq_ref.dtype)
+  delta_ref[...] = delta
 
 
 def _dkv_kernel(
@@ -127,29 +131,35 @@ def _table(n: int):
   return pl.BlockSpec((None, n), lambda b, h, i: (b, 0))
 
 
-def _blocks(rows: int, width: int, per_head: bool = True):
-  """This program's block of `rows` tokens, `width` wide (head dim, or 1 for ids / statistics)."""
-  if per_head:
-    return pl.BlockSpec((None, None, rows, width), lambda b, h, i: (b, h, i, 0))
-  return pl.BlockSpec((None, rows, width), lambda b, h, i: (b, i, 0))
+def _blocks(rows: int, head_dim: int):
+  """This program's block of `rows` tokens of one head of a [B, L, H, K] operand."""
+  return pl.BlockSpec((None, rows, None, head_dim), lambda b, h, i: (b, i, h, 0))
 
 
-def _whole(length: int, width: int, per_head: bool = True):
-  """The whole sequence of one (batch, head), `width` wide, sliced inside the kernel."""
-  if per_head:
-    return pl.BlockSpec((None, None, length, width), lambda b, h, i: (b, h, 0, 0))
-  return pl.BlockSpec((None, length, width), lambda b, h, i: (b, 0, 0))
+def _whole(length: int, head_dim: int):
+  """The whole sequence of one (batch, head) of a [B, L, H, K] operand, sliced in the kernel."""
+  return pl.BlockSpec((None, length, None, head_dim), lambda b, h, i: (b, 0, h, 0))
 
 
-def _kv_row(length: int):
-  """The kv shot ids of one batch element as a [1, Lk] row, sliced inside the kernel."""
-  return pl.BlockSpec((None, 1, length), lambda b, h, i: (b, 0, 0))
+def _stats(rows: int, whole: bool = False):
+  """This program's [rows, 1] column of a per-head statistic [B, H, L, 1], or the whole one."""
+  return pl.BlockSpec((None, None, rows, 1), lambda b, h, i: (b, h, 0 if whole else i, 0))
+
+
+def _q_ids(rows: int, whole: bool = False):
+  """This program's [rows, 1] column of the q shot ids [B, L, 1], or the whole one."""
+  return pl.BlockSpec((None, rows, 1), lambda b, h, i: (b, 0 if whole else i, 0))
+
+
+def _kv_ids(cols: int, whole: bool = False):
+  """This program's [1, cols] row of the kv shot ids [B, 1, Lk], or the whole one."""
+  return pl.BlockSpec((None, 1, cols), lambda b, h, i: (b, 0, 0 if whole else i))
 
 
 def forward(q, k, v, ids, lo, cnt, st: sm.Static):
-  """(out [B, H, Lp, K], lse [B, H, Lp]); `ids` [B, Lk] are the kv shot ids (q ids lead)."""
-  b, h, lp, d = q.shape
-  nq, lk = lp // st.block_q, k.shape[2]
+  """(out [B, Lp, H, K], lse [B, H, Lp]); `ids` [B, Lk] are the kv shot ids (q ids lead)."""
+  b, lp, h, d = q.shape
+  nq, lk = lp // st.block_q, k.shape[1]
   out, lse = _call(
     functools.partial(_fwd_kernel, st=st, num_token_blocks=lp // st.block_kv),
     (b, h, nq),
@@ -159,20 +169,21 @@ def forward(q, k, v, ids, lo, cnt, st: sm.Static):
       _blocks(st.block_q, d),
       _whole(lk, d),
       _whole(lk, d),
-      _blocks(st.block_q, 1, per_head=False),
-      _kv_row(lk),
+      _q_ids(st.block_q),
+      _kv_ids(lk, whole=True),
     ],
-    [_blocks(st.block_q, d), _blocks(st.block_q, 1)],
+    [_blocks(st.block_q, d), _stats(st.block_q)],
     [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lp, 1), jnp.float32)],
     st,
   )(lo, cnt, q, k, v, sm.columns(ids[:, :lp]), sm.rows(ids))
   return out, lse[..., 0]
 
 
-def dq(q, k, v, do, lse, delta, ids, lo, cnt, st: sm.Static):
-  b, h, lp, d = q.shape
-  nq, lk = lp // st.block_q, k.shape[2]
-  return _call(
+def dq(q, k, v, do, o, lse, ids, lo, cnt, st: sm.Static):
+  """(dq [B, Lp, H, K], delta [B, H, Lp]): delta = rowsum(dO * O) is made here for `dkv`."""
+  b, lp, h, d = q.shape
+  nq, lk = lp // st.block_q, k.shape[1]
+  dq, delta = _call(
     functools.partial(_dq_kernel, st=st, num_token_blocks=lp // st.block_kv),
     (b, h, nq),
     [
@@ -182,34 +193,24 @@ def dq(q, k, v, do, lse, delta, ids, lo, cnt, st: sm.Static):
       _whole(lk, d),
       _whole(lk, d),
       _blocks(st.block_q, d),
-      _blocks(st.block_q, 1),
-      _blocks(st.block_q, 1),
-      _blocks(st.block_q, 1, per_head=False),
-      _kv_row(lk),
+      _blocks(st.block_q, d),
+      _stats(st.block_q),
+      _q_ids(st.block_q),
+      _kv_ids(lk, whole=True),
     ],
-    _blocks(st.block_q, d),
-    jax.ShapeDtypeStruct(q.shape, q.dtype),
+    [_blocks(st.block_q, d), _stats(st.block_q)],
+    [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lp, 1), jnp.float32)],
     st,
-  )(
-    lo,
-    cnt,
-    q,
-    k,
-    v,
-    do,
-    sm.columns(lse),
-    sm.columns(delta),
-    sm.columns(ids[:, :lp]),
-    sm.rows(ids),
-  )
+  )(lo, cnt, q, k, v, do, o, sm.columns(lse), sm.columns(ids[:, :lp]), sm.rows(ids))
+  return dq, delta[..., 0]
 
 
 def dkv(q, k, v, do, lse, delta, qids, kvids, q_lo, q_cnt, steps: int, st: sm.Static):
   """dk, dv for the kv blocks of `k` / `v` (shot ids `kvids` [B, Lk]), each looping over q blocks
   [q_lo, q_lo + q_cnt) (q shot ids `qids` [B, Lp])."""
   del steps  # loops run exactly the table range
-  b, h, lp, d = q.shape
-  nk = k.shape[2] // st.block_kv
+  b, lp, h, d = q.shape
+  nk = k.shape[1] // st.block_kv
   return _call(
     functools.partial(_dkv_kernel, st=st),
     (b, h, nk),
@@ -220,10 +221,10 @@ def dkv(q, k, v, do, lse, delta, qids, kvids, q_lo, q_cnt, steps: int, st: sm.St
       _blocks(st.block_kv, d),
       _blocks(st.block_kv, d),
       _whole(lp, d),
-      _whole(lp, 1),
-      _whole(lp, 1),
-      _whole(lp, 1, per_head=False),
-      pl.BlockSpec((None, 1, st.block_kv), lambda b, h, j: (b, 0, j)),
+      _stats(lp, whole=True),
+      _stats(lp, whole=True),
+      _q_ids(lp, whole=True),
+      _kv_ids(st.block_kv),
     ],
     [_blocks(st.block_kv, d), _blocks(st.block_kv, d)],
     [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],

@@ -79,12 +79,14 @@ def _dq_kernel(
   k_ref,
   v_ref,
   do_ref,
+  o_ref,
   lse_ref,
-  delta_ref,
   qid_ref,
   kvid_ref,
   dq_ref,
+  delta_ref,
   dq_scr,
+  delta_scr,
   *,
   st: sm.Static,
 ):
@@ -93,6 +95,7 @@ def _dq_kernel(
   @pl.when(s == 0)
   def _init():
     dq_scr[...] = jnp.zeros(dq_scr.shape, jnp.float32)
+    delta_scr[...] = sm.delta(do_ref[...], o_ref[...])
 
   @pl.when((s < cnt_ref[b, i]) | (s >= st.kv_steps))
   def _step():
@@ -102,7 +105,7 @@ def _dq_kernel(
       v_ref[...],
       do_ref[...],
       _column(lse_ref),
-      _column(delta_ref),
+      delta_scr[...],
       _column(qid_ref),
       kvid_ref[...],
       st.scale,
@@ -112,6 +115,7 @@ def _dq_kernel(
   @pl.when(s == st.kv_steps + st.num_tail_blocks - 1)
   def _finish():
     dq_ref[...] = dq_scr[...].astype(dq_ref.dtype)
+    delta_ref[...] = delta_scr[...].T
 
 
 def _dkv_kernel(
@@ -167,8 +171,8 @@ def _specs(st: sm.Static, head_dim: int, q_block, kv_block):
   """BlockSpecs of every operand, given the q / kv block index maps on the 4D grid."""
   bq, bk = st.block_q, st.block_kv
   return dict(
-    q=pl.BlockSpec((None, None, bq, head_dim), lambda b, h, *g: (b, h, q_block(b, *g), 0)),
-    kv=pl.BlockSpec((None, None, bk, head_dim), lambda b, h, *g: (b, h, kv_block(b, *g), 0)),
+    q=pl.BlockSpec((None, bq, head_dim), lambda b, h, *g: (b, q_block(b, *g), h)),
+    kv=pl.BlockSpec((None, bk, head_dim), lambda b, h, *g: (b, kv_block(b, *g), h)),
     row=pl.BlockSpec((None, None, 1, bq), lambda b, h, *g: (b, h, 0, q_block(b, *g))),
     qid=pl.BlockSpec((None, 1, bq), lambda b, h, *g: (b, 0, q_block(b, *g))),
     kvid=pl.BlockSpec((None, 1, bk), lambda b, h, *g: (b, 0, kv_block(b, *g))),
@@ -214,9 +218,18 @@ def _call(kernel, grid, in_specs, out_specs, scratch, out_shape, st: sm.Static):
   )
 
 
+def _flat(x_BxLxHxK):
+  """[B, L, H*K]: head h is the h-th [.., K] column block (a free reshape)."""
+  return x_BxLxHxK.reshape(*x_BxLxHxK.shape[:2], -1)
+
+
+def _like(x_BxLxHK, like_BxLxHxK):
+  return x_BxLxHK.reshape(like_BxLxHxK.shape)
+
+
 def forward(q, k, v, ids, lo, cnt, st: sm.Static):
-  """(out [B, H, Lp, K], lse [B, H, Lp]); `ids` [B, Lk] are the kv shot ids (q ids lead)."""
-  b, h, lp, d = q.shape
+  """(out [B, Lp, H, K], lse [B, H, Lp]); `ids` [B, Lk] are the kv shot ids (q ids lead)."""
+  b, lp, h, d = q.shape
   sp = _q_major_specs(st, d, lp // st.block_kv)
   out, lse = _call(
     functools.partial(_fwd_kernel, st=st),
@@ -228,37 +241,68 @@ def forward(q, k, v, ids, lo, cnt, st: sm.Static):
       pltpu.VMEM((st.block_q, 1), jnp.float32),
       pltpu.VMEM((st.block_q, d), jnp.float32),
     ],
-    [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, 1, lp), jnp.float32)],
+    [
+      jax.ShapeDtypeStruct((b, lp, h * d), q.dtype),
+      jax.ShapeDtypeStruct((b, h, 1, lp), jnp.float32),
+    ],
     st,
-  )(lo, cnt, q, k, v, sm.rows(ids), sm.rows(ids))
-  return out, lse[..., 0, :]
+  )(lo, cnt, _flat(q), _flat(k), _flat(v), sm.rows(ids), sm.rows(ids))
+  return _like(out, q), lse[..., 0, :]
 
 
-def dq(q, k, v, do, lse, delta, ids, lo, cnt, st: sm.Static):
-  b, h, lp, d = q.shape
+def dq(q, k, v, do, o, lse, ids, lo, cnt, st: sm.Static):
+  """(dq [B, Lp, H, K], delta [B, H, Lp]): delta = rowsum(dO * O) is made here for `dkv`."""
+  b, lp, h, d = q.shape
   sp = _q_major_specs(st, d, lp // st.block_kv)
-  return _call(
+  dq_flat, delta = _call(
     functools.partial(_dq_kernel, st=st),
     (b, h, lp // st.block_q, st.kv_steps + st.num_tail_blocks),
-    [sp["q"], sp["kv"], sp["kv"], sp["q"], sp["row"], sp["row"], sp["qid"], sp["kvid"]],
-    sp["q"],
-    [pltpu.VMEM((st.block_q, d), jnp.float32)],
-    jax.ShapeDtypeStruct(q.shape, q.dtype),
+    [sp["q"], sp["kv"], sp["kv"], sp["q"], sp["q"], sp["row"], sp["qid"], sp["kvid"]],
+    [sp["q"], sp["row"]],
+    [pltpu.VMEM((st.block_q, d), jnp.float32), pltpu.VMEM((st.block_q, 1), jnp.float32)],
+    [
+      jax.ShapeDtypeStruct((b, lp, h * d), q.dtype),
+      jax.ShapeDtypeStruct((b, h, 1, lp), jnp.float32),
+    ],
     st,
-  )(lo, cnt, q, k, v, do, sm.rows(lse), sm.rows(delta), sm.rows(ids), sm.rows(ids))
+  )(
+    lo,
+    cnt,
+    _flat(q),
+    _flat(k),
+    _flat(v),
+    _flat(do),
+    _flat(o),
+    sm.rows(lse),
+    sm.rows(ids),
+    sm.rows(ids),
+  )
+  return _like(dq_flat, q), delta[..., 0, :]
 
 
 def dkv(q, k, v, do, lse, delta, qids, kvids, q_lo, q_cnt, steps: int, st: sm.Static):
   """dk, dv for the kv blocks of `k` / `v` (shot ids `kvids` [B, Lk]), each visiting q blocks
   [q_lo, q_lo + q_cnt) (q shot ids `qids` [B, Lp])."""
-  b, h, _, d = q.shape
+  b, lk, h, d = k.shape
   sp = _kv_major_specs(st, d)
-  return _call(
+  dk, dv = _call(
     functools.partial(_dkv_kernel, st=st, steps=steps),
-    (b, h, k.shape[2] // st.block_kv, steps),
+    (b, h, lk // st.block_kv, steps),
     [sp["q"], sp["kv"], sp["kv"], sp["q"], sp["row"], sp["row"], sp["qid"], sp["kvid"]],
     [sp["kv"], sp["kv"]],
     [pltpu.VMEM((st.block_kv, d), jnp.float32)] * 2,
-    [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+    [jax.ShapeDtypeStruct((b, lk, h * d), k.dtype)] * 2,
     st,
-  )(q_lo, q_cnt, q, k, v, do, sm.rows(lse), sm.rows(delta), sm.rows(qids), sm.rows(kvids))
+  )(
+    q_lo,
+    q_cnt,
+    _flat(q),
+    _flat(k),
+    _flat(v),
+    _flat(do),
+    sm.rows(lse),
+    sm.rows(delta),
+    sm.rows(qids),
+    sm.rows(kvids),
+  )
+  return _like(dk, k), _like(dv, v)

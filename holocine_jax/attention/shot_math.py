@@ -79,6 +79,11 @@ def probs_and_dscores(
   return p_QxV, p_QxV * (dp_QxV - delta_Qx1)
 
 
+def delta(do_QxK, o_QxK):
+  """[Q, 1] rowsum(dO * O): the softmax-gradient correction of each query."""
+  return jnp.sum(do_QxK.astype(jnp.float32) * o_QxK.astype(jnp.float32), axis=1, keepdims=True)
+
+
 def dq_update(dq_QxK, ds_QxV, k_VxK, scale: float):
   return dq_QxK + scale * jnp.dot(
     ds_QxV.astype(k_VxK.dtype), k_VxK, preferred_element_type=jnp.float32
