@@ -1,11 +1,12 @@
-"""Sparse shot attention: Pallas kernel (interpret mode) and XLA packed path vs the dense
-reference, outputs and gradients, over a grid of layouts; no recompilation on new cuts;
-sharded kernel under shard_map."""
+"""Sparse shot attention: Pallas kernel (interpret mode, and TPU-faithful interpret mode for the
+Mosaic-style kernel) and XLA packed path vs the dense reference, outputs and gradients, over a
+grid of layouts; no recompilation on new cuts; sharded kernel under shard_map."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.pallas import tpu as pltpu
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -61,6 +62,22 @@ def test_matches_reference(case, impl, dtype):
   for name, got, exp in zip("qkv", vjp(do), want_vjp(do.astype(jnp.float32)), strict=True):
     err = float(jnp.abs(got.astype(jnp.float32) - exp).max() / jnp.abs(exp).max())
     assert err < grad_tol, f"d{name}: relative error {err}"
+
+
+def test_tpu_kernel_in_tpu_interpret_mode():
+  # TPU-faithful interpret mode runs the Mosaic-style kernel as TPU would, at the block sizes
+  # and head dim Mosaic accepts (128); 50-token frames put every cut inside a block.
+  shots = layout.make_batch([ShotLayout((0, 2, 3, 6), 50), ShotLayout((0, 1, 6), 50)], max_shots=5)
+  q, k, v, do = _qkv(shots, jnp.float32, heads=1, head_dim=128, seed=7)
+  blocks = shot_kernel.BlockSizes(128, 128)
+  attend = lambda q, k, v: shot_kernel.shot_attention(q, k, v, shots, blocks, False, "tpu")
+  with pltpu.force_tpu_interpret_mode(pltpu.InterpretParams()):
+    out, vjp = jax.vjp(attend, q, k, v)
+    grads = vjp(do)
+  want, want_vjp = jax.vjp(lambda q, k, v: reference.sparse_shot_attention(q, k, v, shots), q, k, v)
+  np.testing.assert_allclose(out, want, rtol=0, atol=2e-6)
+  for got, exp in zip(grads, want_vjp(do), strict=True):
+    np.testing.assert_allclose(got, exp, rtol=0, atol=2e-5 * float(jnp.abs(exp).max()))
 
 
 @pytest.mark.parametrize("impl", ["kernel", "auto", "reference"])
@@ -121,6 +138,10 @@ def test_bad_inputs():
     shot_kernel.shot_attention(q[:, :25], k[:, :25], v[:, :25], shots, BLOCKS, True)
   with pytest.raises(ValueError, match="float32 or bfloat16"):
     shot_kernel.shot_attention(q.astype(jnp.float16), k, v, shots, BLOCKS, True)
+  with pytest.raises(ValueError, match="multiples of 128"):
+    shot_kernel.shot_attention(q, k, v, shots, BLOCKS, False, "tpu")
+  with pytest.raises(ValueError, match="head_dim a multiple of 128"):
+    shot_kernel.shot_attention(q, k, v, shots, shot_kernel.BlockSizes(128, 128), False, "tpu")
   with pytest.raises(ValueError, match="unknown kernel backend"):
     shot_kernel.shot_attention(q, k, v, shots, BLOCKS, True, "cuda")
   with pytest.raises(ValueError, match="unknown attention implementation"):
