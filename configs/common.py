@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from holocine_jax import sharding
+from holocine_jax import config_file, sharding
 
 
 def mesh(**sizes) -> ml_collections.ConfigDict:
@@ -23,8 +23,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     key, _, value = item.partition("=")
     if key not in defaults:
       raise ValueError(f"unknown config arg {key!r}; known: {sorted(defaults)}")
-    kind = type(defaults[key])
-    out[key] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    out[key] = config_file.parse_value(key, value, defaults[key])
   return out
 
 

@@ -32,7 +32,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = ""):
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-  """JSON (indented, sorted keys) written atomically."""
+  """Strict JSON (indented, sorted keys; NaN / Inf refused) written atomically."""
   with atomic_path(path) as tmp, open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
+    json.dump(obj, f, indent=2, sort_keys=True, allow_nan=False)
     f.write("\n")

@@ -88,3 +88,14 @@ def test_allowed_and_safe_config_changes_resume(tmp_path, monkeypatch, capsys):
   assert json.loads((workdir / "config.json").read_text())["train"]["num_steps"] == 9
   assert train.main([*argv, "--set", "model.dim=64", "--allow_config_change"]) == 0
   assert json.loads((workdir / "config.json").read_text())["model"]["dim"] == 64
+
+
+@pytest.mark.parametrize(
+  ("arg", "match"), [("window=maybe", "window='maybe'"), ("scan=on", "scan='on'")]
+)
+def test_config_file_args_parse_strictly(arg, match):
+  from configs import tiny
+
+  with pytest.raises(ValueError, match=match):
+    tiny.get_config(arg)
+  assert tiny.get_config("window=false").model.window_cross_attention is False
