@@ -5,19 +5,39 @@ visited kv blocks vs dense blocks, and measured CPU time of the XLA packed path 
 attention (jax.nn.dot_product_attention), forward and forward+backward, side by side.
 
   python benchmarks/shot_attention.py [--frames-per-shot 3] [--tokens-per-frame 64]
+
+With --tpu, no timing: the kernel is compiled for one deviceless TPU chip at real size (95,160
+tokens = 61 latent frames of 1560, 5 shots, max_shot_frames 13, bf16, head_dim 128), sparse and
+full (one-shot layout), beside jax's splash attention for full attention, per block size:
+compile seconds and per-chip bytes from memory_analysis, forward and forward+backward.
+
+  JAX_PLATFORMS=cpu python benchmarks/shot_attention.py --tpu v5p:1x1x1 --heads 40 \
+      --blocks 256 512 1024
 """
 
 import argparse
+import functools
 import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+import time  # noqa: E402
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 import timing  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from jax.experimental.pallas.ops.tpu.splash_attention import (  # noqa: E402
+  splash_attention_kernel as splash,
+)
+from jax.experimental.pallas.ops.tpu.splash_attention import (  # noqa: E402
+  splash_attention_mask as splash_mask,
+)
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
 
-from holocine_jax import layout  # noqa: E402
+from holocine_jax import layout, topology  # noqa: E402
 from holocine_jax.attention import packed, shot_kernel  # noqa: E402
 
 
@@ -91,6 +111,90 @@ def real_size_blocks(block: int):
     print(f"| {s:5} | {lay.num_tokens:6} | {visited:10} / {dense:<9} | {visited / dense:8.3f} |")
 
 
+def splash_full(num_l: int, heads: int, block: int):
+  """Full attention with jax's splash kernel: [B, L, H, K] in and out, padding as a segment."""
+  lp = -(-num_l // block) * block
+  sizes = dict.fromkeys(
+    ("block_q", "block_kv", "block_kv_compute", "block_q_dkv", "block_kv_dkv"), block
+  )
+  sizes.update(block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
+  kernel = splash.make_splash_mha(
+    splash_mask.MultiHeadMask([splash_mask.FullMask((lp, lp))] * heads),
+    block_sizes=splash.BlockSizes(**sizes),
+    head_shards=1,
+    q_seq_shards=1,
+  )
+  segments = splash.SegmentIds(*[jnp.where(jnp.arange(lp) < num_l, 0, 1)] * 2)
+
+  def attend(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK):
+    def heads_major(x):
+      return jnp.pad(x, ((0, 0), (0, lp - num_l), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+    q_BxLxHxK = q_BxLxHxK * q_BxLxHxK.shape[-1] ** -0.5
+    one = lambda q, k, v: kernel(q, k, v, segment_ids=segments)
+    out = jax.vmap(one)(*(heads_major(x) for x in (q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)))
+    return out.transpose(0, 2, 1, 3)[:, :num_l]
+
+  return attend
+
+
+def compile_row(name, attend, mesh, num_l, heads, visits):
+  """Compile `attend` forward and forward+backward for the mesh's chip; print one table row."""
+  x = jax.ShapeDtypeStruct((1, num_l, heads, 128), jnp.bfloat16, sharding=NamedSharding(mesh, P()))
+  vjp = lambda q, k, v, do: jax.vjp(attend, q, k, v)[1](do)
+  cells = []
+  for fn, args in ((attend, (x,) * 3), (vjp, (x,) * 4)):
+    start = time.perf_counter()
+    with jax.set_mesh(mesh):
+      memory = jax.jit(fn).lower(*args).compile().memory_analysis()
+    gib = lambda n: n / 2**30
+    cells.append(
+      f"{time.perf_counter() - start:6.1f} | {gib(memory.temp_size_in_bytes):6.2f} "
+      f"| {gib(memory.argument_size_in_bytes + memory.output_size_in_bytes):6.2f}"
+    )
+  print(f"| {name:18} | {visits:>15} | {cells[0]} | {cells[1]} |", flush=True)
+
+
+def kernel_on(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, shots, block_sizes):
+  return shot_kernel.shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes)
+
+
+def tpu_compile_table(args):
+  """Kernel (sparse, full) and splash (full) compiled for one TPU chip at real size."""
+  mesh = jax.sharding.Mesh(np.array(topology.devices(args.tpu)[:1]), ("x",))
+  lay = layout.ShotLayout((0, 12, 24, 36, 48, 61), 1560)
+  sparse = layout.make_batch([lay], max_shot_frames=13)
+  dense = layout.dense_batch(1, lay.num_tokens)
+  print(
+    f"jax {jax.__version__}, compiled for {args.tpu} ({mesh.devices.flat[0].device_kind}): "
+    f"L={lay.num_tokens}, shots {lay.latent_frames_per_shot()} latent frames, max_shot_frames "
+    f"13, B=1, H={args.heads}, K=128, bf16. Seconds, GiB per chip (temp; args + outputs)."
+  )
+  print(
+    "| path (block)       | kv blocks (dns) | fwd s  | temp   | in+out | f+b s  | temp   | in+out |"
+  )
+  print(
+    "|--------------------|-----------------|--------|--------|--------|--------|--------|--------|"
+  )
+  for block in args.blocks:
+    sizes = shot_kernel.BlockSizes(block, block)
+    for mode, shots in (("sparse", sparse), ("full", dense)):
+      visited, total = shot_kernel.visited_blocks(shots, sizes)
+      attend = functools.partial(kernel_on, shots=shots, block_sizes=sizes)
+      compile_row(
+        f"kernel {mode} ({block})", attend, mesh, lay.num_tokens, args.heads, f"{visited}/{total}"
+      )
+    lp_blocks = -(-lay.num_tokens // block)
+    compile_row(
+      f"splash full ({block})",
+      splash_full(lay.num_tokens, args.heads, block),
+      mesh,
+      lay.num_tokens,
+      args.heads,
+      f"{lp_blocks**2}/{lp_blocks**2}",
+    )
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--frames-per-shot", type=int, default=3)
@@ -100,7 +204,12 @@ def main():
   parser.add_argument("--block", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+  parser.add_argument("--tpu", help="compile for one chip of this deviceless TPU topology")
+  parser.add_argument("--blocks", type=int, nargs="+", default=[512])
   args = parser.parse_args()
+  if args.tpu:
+    tpu_compile_table(args)
+    return
   print(
     f"jax {jax.__version__} on {jax.default_backend()}, {os.cpu_count()} cpus; shot = "
     f"{args.frames_per_shot} frames x {args.tokens_per_frame} tokens, H={args.heads}, "

@@ -120,12 +120,9 @@ def _check(q, k, v, shots: ShotBatch, block_sizes: BlockSizes, interpret: bool, 
     )
   if backend not in _BACKENDS:
     raise ValueError(f"unknown kernel backend {backend!r}, expected one of {sorted(_BACKENDS)}")
-  lanes = shot_kernel_tpu.LANES
-  if backend == "tpu" and not interpret:
-    if block_sizes.block_q % lanes or block_sizes.block_kv % lanes:
-      raise ValueError(f"the TPU kernel needs blocks that are multiples of {lanes}: {block_sizes}")
-    if q.shape[-1] % lanes and q.shape[2] > 1:
-      raise ValueError(f"the TPU kernel needs head_dim a multiple of {lanes}, got {q.shape[-1]}")
+  lanes, mosaic = shot_kernel_tpu.LANES, backend == "tpu" and not interpret
+  if mosaic and (block_sizes.block_q % lanes or block_sizes.block_kv % lanes):
+    raise ValueError(f"the TPU kernel needs blocks that are multiples of {lanes}: {block_sizes}")
 
 
 def shot_attention(
@@ -175,8 +172,13 @@ def _shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, interpr
     backend=backend,
   )
 
+  # Mosaic reads a head as a [block, K] column block of [B, L, H*K]: K must fill whole lanes.
+  # Zero head-dim padding changes no score (the scale above keeps the true K) and no output.
+  dp = _cdiv(d, shot_kernel_tpu.LANES) * shot_kernel_tpu.LANES if st.mosaic else d
+
   def padded(x_BxLxHxK, length):
-    return jnp.pad(x_BxLxHxK, ((0, 0), (0, length - x_BxLxHxK.shape[1]), (0, 0), (0, 0)))
+    pad_l = length - x_BxLxHxK.shape[1]
+    return jnp.pad(x_BxLxHxK, ((0, 0), (0, pad_l), (0, 0), (0, dp - d)))
 
   def with_tail(x_BxLxHxK):
     tail_BxGxHxK = jnp.take_along_axis(x_BxLxHxK, shots.summary_idx_BxG[:, :, None, None], 1)
@@ -205,7 +207,7 @@ def _shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, interpr
     q_cnt,
     st,
   )
-  return out_BxLpxHxK[:, :num_l]
+  return out_BxLpxHxK[:, :num_l, :, :d]
 
 
 def visited_blocks(shots: ShotBatch, block_sizes: BlockSizes = BlockSizes()) -> tuple[int, int]:

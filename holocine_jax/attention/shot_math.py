@@ -112,3 +112,8 @@ class Static:
   scale: float
   interpret: bool
   backend: str  # "tpu" (Mosaic grid style) | "gpu" (Triton loop style)
+
+  @property
+  def mosaic(self) -> bool:
+    """Compiled by Mosaic for TPU (its block tiling rules apply)."""
+    return self.backend == "tpu" and not self.interpret
