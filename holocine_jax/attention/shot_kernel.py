@@ -137,8 +137,9 @@ def shot_attention(
   """HoloCine sparse self-attention with the block-sparse Pallas kernel; same result as
   reference.sparse_shot_attention. Differentiable (Pallas backward kernels). With
   `layout.dense_batch` it is plain flash attention. `backend` picks the kernel style: "tpu"
-  (Mosaic grid) or "gpu" (Triton loops); `interpret` runs Pallas interpret mode. Both default
-  from the platform compiled for (`target.platform()`: the mesh in context, else the host)."""
+  (Mosaic grid; blocks must be multiples of 128) or "gpu" (Triton loops; blocks are capped at
+  128); `interpret` runs Pallas interpret mode. Both default from the platform compiled for
+  (`target.platform()`: the mesh in context, else the host)."""
   where = target.platform()
   return _shot_attention(
     q_BxLxHxK,
@@ -157,6 +158,8 @@ def _shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, interpr
   _check(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, interpret, backend)
   b, num_l, _, d = q_BxLxHxK.shape
   bq, bk = block_sizes.block_q, block_sizes.block_kv
+  if backend == "gpu" and not interpret:
+    bq, bk = min(bq, shot_kernel_gpu.MAX_BLOCK), min(bk, shot_kernel_gpu.MAX_BLOCK)
   lp = _cdiv(num_l, math.lcm(bq, bk)) * math.lcm(bq, bk)
   g = shots.summary_idx_BxG.shape[1]
   gp = _cdiv(g, bk) * bk

@@ -19,6 +19,8 @@ from jax.experimental.pallas import triton as pltriton
 
 from holocine_jax.attention import shot_math as sm
 
+MAX_BLOCK = 128  # a Triton program holds a [block_q, block_kv] fp32 tile in registers
+
 
 def _fwd_kernel(
   lo_ref,
@@ -115,14 +117,15 @@ def _dkv_kernel(
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
 
-def _call(kernel, grid, in_specs, out_specs, out_shape, st: sm.Static):
+def _call(kernel, grid, in_specs, out_specs, out_shape, st: sm.Static, head_dim: int):
+  """pallas_call lowered through Triton (warps as jax's GPU flash attention picks them)."""
   return pl.pallas_call(
     kernel,
     grid=grid,
     in_specs=in_specs,
     out_specs=out_specs,
     out_shape=out_shape,
-    compiler_params=pltriton.CompilerParams(num_warps=4, num_stages=2),
+    compiler_params=pltriton.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=2),
     interpret=st.interpret,
   )
 
@@ -175,6 +178,7 @@ def forward(q, k, v, ids, lo, cnt, st: sm.Static):
     [_blocks(st.block_q, d), _stats(st.block_q)],
     [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lp, 1), jnp.float32)],
     st,
+    d,
   )(lo, cnt, q, k, v, sm.columns(ids[:, :lp]), sm.rows(ids))
   return out, lse[..., 0]
 
@@ -201,6 +205,7 @@ def dq(q, k, v, do, o, lse, ids, lo, cnt, st: sm.Static):
     [_blocks(st.block_q, d), _stats(st.block_q)],
     [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, h, lp, 1), jnp.float32)],
     st,
+    d,
   )(lo, cnt, q, k, v, do, o, sm.columns(lse), sm.columns(ids[:, :lp]), sm.rows(ids))
   return dq, delta[..., 0]
 
@@ -229,6 +234,7 @@ def dkv(q, k, v, do, lse, delta, qids, kvids, q_lo, q_cnt, steps: int, st: sm.St
     [_blocks(st.block_kv, d), _blocks(st.block_kv, d)],
     [jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
     st,
+    d,
   )(
     q_lo,
     q_cnt,
