@@ -1,9 +1,11 @@
-"""Key maps: rules that turn a PyTorch state dict into our parameter pytree.
+"""Key maps: rules that turn a PyTorch state dict into our parameter pytree, and back.
 
 A `Rule` matches source keys with a regex and names the target parameter path ('/'-joined,
 `{name}` placeholders filled from the regex groups) and a layout transform. A `(?P<layer>\\d+)`
 group stacks the tensor at that index of a scanned (leading 'layers') parameter. Conversion
 checks every key and shape against the target's abstract params and names what is wrong.
+Export runs the same rules backwards: `invert` names the source keys of every target parameter
+(each checked to map forward again) and `to_source` undoes a transform.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import dataclasses
 import functools
 import math
 import re
+import string
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -129,6 +132,64 @@ def plan(
   out = {path: (src,) for path, src in whole.items()}
   out.update({path: tuple(got[i] for i in sorted(got)) for path, got in layers.items()})
   return {path: out[path] for path in flat_target}
+
+
+_GROUP = re.compile(r"\(\?P<(\w+)>[^()]*\)")
+
+
+def _key_template(pattern: str) -> str:
+  """A rule's regex as a format string: named groups -> `{name}`, escaped characters literal."""
+  literal = re.sub(r"\\.", "", _GROUP.sub("", pattern))
+  if re.search(r"[.^$*+?{}\[\]|()]", literal):
+    raise KeyMapError(f"rule pattern {pattern!r} is not literal text plus named groups")
+  return re.sub(r"\\(.)", r"\1", _GROUP.sub(lambda m: f"{{{m[1]}}}", pattern))
+
+
+def _target_regex(target: str) -> str:
+  """A rule's target template as a regex: `{name}` -> a named group over one path element."""
+  return "".join(
+    re.escape(text) + ("" if name is None else rf"(?P<{name}>[^/]+)")
+    for text, name, _, _ in string.Formatter().parse(target)
+  )
+
+
+def invert(rules: Iterable[Rule], target) -> dict[str, tuple[Source, ...]]:
+  """{target path: the source keys the rules fill it from (one, or one per layer in order)}.
+
+  `plan`'s answer computed from the target alone (a tree of ShapeDtypeStruct), for writing a
+  checkpoint: every key is checked to map back to the same path, layer and transform through
+  `match` (an earlier rule that claims the key wins, as in conversion). Raises KeyMapError
+  naming parameters that no rule fills.
+  """
+  rules = tuple(rules)
+  out, unmapped = {}, []
+  for keys, spec in traverse_util.flatten_dict(target).items():
+    path = "/".join(keys)
+    sources = []
+    for rule in rules:
+      hit = re.fullmatch(_target_regex(rule.target), path)
+      if hit is None:
+        continue
+      template = _key_template(rule.pattern)
+      layers = range(spec.shape[0]) if "{layer}" in template else (None,)
+      for layer in layers:
+        key = template.format(**hit.groupdict(), **({} if layer is None else {"layer": layer}))
+        if match(rules, key) == (path, layer, rule.transform):
+          sources.append(Source(key, rule.transform, layer))
+    if sources:
+      out[path] = tuple(sources)
+    else:
+      unmapped.append(path)
+  if unmapped:
+    raise KeyMapError(f"no rule writes parameters {unmapped}")
+  return out
+
+
+def to_source(value, transform: str, shape) -> np.ndarray:
+  """The inverse of `read`: a target parameter (or one layer of it) as the source tensor of
+  `shape`, by reshaping to the transformed source layout and undoing the transpose."""
+  perm = _perm(transform, len(shape))
+  return np.asarray(value).reshape([shape[p] for p in perm]).transpose(np.argsort(perm))
 
 
 def _groups(x_shape, t_shape) -> list[tuple[list[int], list[int]]]:
