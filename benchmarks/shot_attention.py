@@ -152,7 +152,7 @@ def compile_row(name, attend, mesh, num_l, heads, visits):
       f"{time.perf_counter() - start:6.1f} | {gib(memory.temp_size_in_bytes):6.2f} "
       f"| {gib(memory.argument_size_in_bytes + memory.output_size_in_bytes):6.2f}"
     )
-  print(f"| {name:18} | {visits:>15} | {cells[0]} | {cells[1]} |", flush=True)
+  print(f"| {name:20} | {visits:>15} | {cells[0]} | {cells[1]} |", flush=True)
 
 
 def kernel_on(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, *, shots, block_sizes):
@@ -170,12 +170,10 @@ def tpu_compile_table(args):
     f"L={lay.num_tokens}, shots {lay.latent_frames_per_shot()} latent frames, max_shot_frames "
     f"13, B=1, H={args.heads}, K=128, bf16. Seconds, GiB per chip (temp; args + outputs)."
   )
-  print(
-    "| path (block)       | kv blocks (dns) | fwd s  | temp   | in+out | f+b s  | temp   | in+out |"
-  )
-  print(
-    "|--------------------|-----------------|--------|--------|--------|--------|--------|--------|"
-  )
+  header = ("path (block)", "kv blocks (dns)", "fwd s", "temp", "in+out", "f+b s", "temp", "in+out")
+  widths = (20, 15, 6, 6, 6, 6, 6, 6)
+  print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |")
+  print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
   for block in args.blocks:
     sizes = shot_kernel.BlockSizes(block, block)
     for mode, shots in (("sparse", sparse), ("full", dense)):

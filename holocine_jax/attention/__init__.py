@@ -9,12 +9,13 @@ attention), "reference" the oracle, anything else exact XLA attention over query
 cross-attention never exist at once.
 
 Full attention on TPU uses our kernel, not jax's splash attention: both visit every kv block
-(a one-shot layout's table spans the sequence; splash's full mask does too), both compile
-fwd+bwd in seconds, and compiled for one v5p chip at 95,160 tokens x 40 heads (bf16, head_dim
-128, 512 blocks) the forward needs the same temporary memory (3.63 vs 3.64 GB) and fwd+bwd a
-little more (7.27 vs 6.45 GB, output relayouts the model's projections can absorb). The kernel
-keeps one code path for both modes on TPU and GPU, takes token-major operands, masks padding by
-shot id instead of needing segment ids, and builds no per-length mask tables at trace time.
+(a one-shot layout's table spans the sequence; splash's full mask does too) and compile fwd+bwd
+in seconds; compiled for one v5p chip at 95,160 tokens (bf16, head_dim 128, 512 blocks) both
+need the same temporary memory forward (3.63 vs 3.64 GiB at 40 heads) and are within 15% of
+each other fwd+bwd, either way round (7.27 vs 6.45 GiB at 40 heads, 1.36 vs 1.62 at 10 heads;
+`benchmarks/shot_attention.py --tpu`). The kernel keeps one code path for both modes on TPU and
+GPU, takes token-major operands, masks padding by shot id instead of segment ids, and builds no
+per-length mask tables at trace time.
 
 Every choice follows the platform compiled for (`target.platform()`: the mesh in context, else
 the host), so a deviceless TPU mesh on a CPU host gets the Mosaic kernel, not interpret mode.
