@@ -5,8 +5,8 @@ exactly its table range, then over the summary tail: work is proportional to the
 The opposite operand is addressed as a whole sequence and sliced per step with `pl.ds`.
 Operands are token-major [B, L, H, K] (blocks squeeze the head). Per-query values are [.., Lp, 1]
 columns and kv shot ids a [B, 1, Lk] row, so the shared block math sees the same 2D shapes as on
-TPU. Lowered through Triton (its compiler params say so; jax's
-default GPU lowering, Mosaic GPU, would stage the whole-sequence operands in shared memory).
+TPU. Lowered through Triton, as the compiler params ask (jax's default GPU lowering, Mosaic GPU,
+would stage the whole-sequence operands in shared memory: 2 MB, which does not fit).
 Legend: B batch, H heads, Lp padded tokens, Lk kv length, K head dim.
 """
 

@@ -4,13 +4,15 @@ The last grid axis walks a q block's kv blocks (forward, dq) or a kv block's q b
 block indices come from scalar-prefetched tables, so skipped steps re-use the resident block
 (no copy) and do no compute. Online-softmax state lives in VMEM scratch.
 
-Every block obeys Mosaic's tiling (last two dims divisible by (8, 128) or whole): shot ids are
-one [B, 1, Lk] array and lse / delta [B, H, 1, Lp], read as lane-major [1, block] rows (as the
-dq kernel of jax's splash attention reads its statistics), so both block sizes must be
-multiples of 128. The block math wants per-query columns [bq, 1]: a row block is transposed
-in VMEM. Compared to lane-replicated [.., Lp, 128] statistics (jax's flash attention) this keeps
-HBM for lse + delta at 8 sublanes instead of 128 lanes per token: about 0.24 GB instead of
-3.9 GB for 40 heads at 95k tokens.
+Every block obeys Mosaic's tiling (last two dims divisible by (8, 128) or whole). q, k, v, out
+and their gradients are read as [B, L, H*K] (a reshape of token-major [B, L, H, K]): head h is
+the h-th [block, K] column block, so K must be a multiple of 128 (`shot_kernel` zero-pads
+narrower heads). Shot ids are one [B, 1, Lk] array and lse / delta [B, H, 1, Lp], read as
+lane-major [1, block] rows (as the dq kernel of jax's splash attention reads its statistics),
+so both block sizes must be multiples of 128; the block math wants per-query columns [bq, 1],
+so a row block is transposed in VMEM. Compared to lane-replicated [.., Lp, 128] statistics
+(jax's flash attention) this keeps lse + delta at 8 sublanes instead of 128 lanes per token in
+HBM: about 0.24 GB instead of 3.9 GB for 40 heads at 95k tokens.
 Legend: B batch, H heads, Lp padded tokens, Lk kv length, K head dim.
 """
 
