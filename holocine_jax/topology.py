@@ -7,6 +7,7 @@ and report per-chip memory from a CPU host. Nothing here may run an op on those 
 
 import dataclasses
 import math
+import os
 import re
 
 GiB = 1024**3
@@ -112,6 +113,9 @@ def devices(name: str) -> list:
   """The slice's TPU devices (deviceless: for lowering and compiling only)."""
   from jax.experimental import topologies
 
+  # Deviceless: no chip is opened, so processes compiling side by side (pytest -n, a planner
+  # beside a job) need not hold libtpu's single-process lock.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   s = parse(name)
   # Hosts hold up to 2x2x1 chips (v5e / v6e single-host slices hold all of theirs).
   host = (min(s.grid[0], 2), min(s.grid[1], 2), 1)
