@@ -3,15 +3,22 @@
   python -m holocine_jax.sample --config configs/holocine_a14b.py:attention=sparse \
       --checkpoint /data/holocine_sparse --tokenizer /data/umt5-xxl --scenes scenes.jsonl --out out/
   python -m holocine_jax.sample --config configs/tiny.py --random_init --scenes s.jsonl --out out/
+  python -m holocine_jax.sample --config configs/tiny.py --checkpoint /tmp/holocine_tiny \
+      --scenes s.jsonl --out out/
 
 `--checkpoint` is a directory written by `python -m holocine_jax.convert` (components `high`,
-`low`, `text_encoder`, `vae`). Before the model is built, `--out` is locked for this job (a
-second job on it fails) and every line is validated completely (types and the model's limits);
-a bad line is reported with its line number and skipped. Rerunning skips a finished scene only
-if nothing that determines its video changed (request, model, sampler, decoder, weights; see
-`setup`), and generates a changed one again. See sampling/requests.py for the line format.
-Exit codes: 0 every scene done or skipped; 1 a bad line or a failed scene (the printed JSON
-summary lists them); any other error (a config value, `--out`, the checkpoint) raises.
+`low`, `text_encoder`, `vae`) or a training workdir (`python -m holocine_jax.train`: its newest
+step, or `--step N`; only the params are restored, cast to the config's param_dtype as they are
+read, straight into the sampling shardings; a model trained for one expert serves every step;
+the text encoder and decoder are then `toy` / `latent_rgb`). Its model must have the config's
+architecture (one error names the fields that differ). Before the model is built, `--out` is
+locked for this job (a second job on it fails) and every line is validated completely (types and
+the model's limits); a bad line is reported with its line number and skipped. Rerunning skips a
+finished scene only if nothing that determines its video changed (request, model, sampler,
+decoder, weights: the workdir and step; see `setup`), and generates a changed one again. See
+sampling/requests.py for the line format. Exit codes: 0 every scene done or skipped; 1 a bad
+line or a failed scene (the printed JSON summary lists them); any other error (a config value,
+`--out`, the checkpoint) raises.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 import jax
@@ -29,6 +37,7 @@ from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
 from holocine_jax.sampling import generator, job, requests, text_backends
 from holocine_jax.sampling.pipeline import SamplerConfig
+from holocine_jax.weights import restore
 
 # request field -> the config key giving its default
 _DEFAULT_KEYS = dict(
@@ -52,9 +61,48 @@ _ARCHITECTURE = (
 )
 
 
-def _experts(model: WanDiT, config, checkpoint: str | None, random_init: bool, mesh, rules):
-  """(high, low or None) from a converted checkpoint or a random init: param trees, or with
-  `sample.swap_experts` loaders that restore an expert just before its denoising stage."""
+def check_architecture(what: str, stored: DiTConfig, model: DiTConfig, fields=_ARCHITECTURE):
+  """Raises ValueError naming every field of `fields` in which `stored` (what `what` holds)
+  differs from the sampling config's `model`."""
+  differ = [
+    f"{f}={getattr(stored, f)} (config: {getattr(model, f)})"
+    for f in fields
+    if getattr(stored, f) != getattr(model, f)
+  ]
+  if differ:
+    raise ValueError(f"{what} has {', '.join(differ)}; sample with the config it was made with")
+
+
+def workdir_step(config, checkpoint: str | None, step: int | None) -> int | None:
+  """For a training workdir: the step to sample (`step`, else its newest), after checking its
+  config.json's model against `config`; None for a converted folder or no checkpoint."""
+  if not (checkpoint and restore.is_workdir(checkpoint)):
+    if checkpoint and not os.path.isfile(os.path.join(checkpoint, convert.RECORD)):
+      raise FileNotFoundError(
+        f"--checkpoint {checkpoint} is neither a converted folder ({convert.RECORD}) nor a "
+        "training workdir (checkpoints/)"
+      )
+    if step is not None:
+      raise ValueError(f"--step is for training workdirs; --checkpoint {checkpoint} is not one")
+    return None
+  trained = DiTConfig.from_config(restore.config(checkpoint).model)
+  model = DiTConfig.from_config(config.model)
+  check_architecture(
+    f"training workdir {checkpoint}", trained, model, (*_ARCHITECTURE, "scan_layers")
+  )
+  return restore.resolve_step(checkpoint, step)
+
+
+def _experts(model: WanDiT, config, checkpoint, step, random_init: bool, mesh, rules):
+  """(high, low or None) from a converted checkpoint, a training workdir's `step` or a random
+  init: param trees, or with `sample.swap_experts` loaders that restore an expert just before
+  its denoising stage."""
+  if step is not None:
+    expert = restore.config(checkpoint).train.get("expert", "all")
+    if expert != "all":
+      print(f"{checkpoint} trained the {expert}-noise expert only: it serves every step")
+    load = lambda: {"params": restore.params(checkpoint, step, model.config, mesh, rules)}
+    return (load if config.sample.swap_experts else load()), None
   if checkpoint:
     found = convert.info(checkpoint)["components"]
     experts = []
@@ -63,12 +111,7 @@ def _experts(model: WanDiT, config, checkpoint: str | None, random_init: bool, m
         experts.append(None)
         continue
       _, stored = convert.component_config(checkpoint, name)
-      for field in _ARCHITECTURE:
-        if getattr(stored, field) != getattr(model.config, field):
-          raise ValueError(
-            f"{checkpoint}/{name} was converted with {field}={getattr(stored, field)} but the "
-            f"config has {getattr(model.config, field)}; use the config it was converted with"
-          )
+      check_architecture(f"{checkpoint}/{name}", stored, model.config)
       load = lambda name=name: {"params": convert.load(checkpoint, name, mesh, rules)}
       experts.append(load if config.sample.swap_experts else load())
     if experts[0] is None:
@@ -81,12 +124,21 @@ def _experts(model: WanDiT, config, checkpoint: str | None, random_init: bool, m
   return params, None
 
 
+def _converted(checkpoint: str | None, what: str) -> str:
+  """`checkpoint` if it is a converted folder, else an error saying that `what` needs one."""
+  if not checkpoint or restore.is_workdir(checkpoint):
+    raise ValueError(
+      f"the {what} needs --checkpoint: a converted directory with a '{what}' component (a "
+      "training workdir holds only the DiT)"
+    )
+  return checkpoint
+
+
 def _text(config, checkpoint, tokenizer, mesh, rules):
   s = config.sample
   if s.text_encoder == "toy":
     return text_backends.ToyText(config.model["text_dim"], s.text_len)
-  if not checkpoint:
-    raise ValueError("the umt5 text encoder needs --checkpoint with a 'text_encoder' component")
+  checkpoint = _converted(checkpoint, "text_encoder")
   _, umt5_config = convert.component_config(checkpoint, "text_encoder")
   return text.PromptEncoder(
     text.Tokenizer.from_path(tokenizer or s.tokenizer),
@@ -127,8 +179,7 @@ def _decoder(config, checkpoint, mesh, rules):
   if config.sample.decoder == "latent_rgb":
     to_video = lambda latents, *size: (generator.latent_preview(latents, *size), None)
   else:
-    if not checkpoint:
-      raise ValueError("the VAE decoder needs --checkpoint with a 'vae' component")
+    checkpoint = _converted(checkpoint, "vae")
     _, vae_config = convert.component_config(checkpoint, "vae")
     params = convert.load(checkpoint, "vae", mesh, rules)
     decode = vae_decoder(vae_config)
@@ -155,8 +206,9 @@ def vae_decoder(vae_config):
   return jax.jit(decode)
 
 
-def setup(config, *, checkpoint=None, tokenizer=None, random_init=False) -> dict:
+def setup(config, *, checkpoint=None, step=None, tokenizer=None, random_init=False) -> dict:
   """Everything besides a request that determines its video (the sidecar's fingerprint)."""
+  step = workdir_step(config, checkpoint, step)
   sampler = dataclasses.asdict(SamplerConfig.from_config(config.sampler))
   for per_request in ("num_steps", "guidance_high", "guidance_low"):
     del sampler[per_request]
@@ -164,7 +216,9 @@ def setup(config, *, checkpoint=None, tokenizer=None, random_init=False) -> dict
   del sample["swap_experts"]  # memory only
   if sample["text_encoder"] != "toy":
     sample["tokenizer"] = tokenizer or sample["tokenizer"]
-  if checkpoint:
+  if step is not None:
+    weights = dict(training=dict(workdir=os.path.abspath(checkpoint), step=step))
+  elif checkpoint:
     record = convert.info(checkpoint)
     record.pop("seconds")
     for component in record["components"].values():
@@ -176,11 +230,14 @@ def setup(config, *, checkpoint=None, tokenizer=None, random_init=False) -> dict
   return json.loads(json.dumps(dict(model=model, sampler=sampler, sample=sample, weights=weights)))
 
 
-def build(config, *, checkpoint=None, tokenizer=None, random_init=False) -> generator.Generator:
+def build(
+  config, *, checkpoint=None, step=None, tokenizer=None, random_init=False
+) -> generator.Generator:
+  step = workdir_step(config, checkpoint, step)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.logical_rules)
   model = WanDiT(DiTConfig.from_config(config.model))
-  high, low = _experts(model, config, checkpoint, random_init, mesh, rules)
+  high, low = _experts(model, config, checkpoint, step, random_init, mesh, rules)
   s = config.sample
   return generator.Generator(
     model=model,
@@ -202,7 +259,10 @@ def main(argv=None) -> job.JobReport:
   parser.add_argument("--config", required=True, help="config file[:arg]")
   parser.add_argument("--scenes", required=True, help="JSONL file, one scene per line")
   parser.add_argument("--out", required=True, help="output directory")
-  parser.add_argument("--checkpoint", default=None, help="directory from holocine_jax.convert")
+  parser.add_argument(
+    "--checkpoint", default=None, help="directory from holocine_jax.convert, or a training workdir"
+  )
+  parser.add_argument("--step", type=int, default=None, help="workdir step (default: newest)")
   parser.add_argument("--tokenizer", default=None, help="umT5 tokenizer.json / spiece.model")
   parser.add_argument("--random_init", action="store_true", help="random weights (smoke runs)")
   parser.add_argument("--set", action="append", default=[], help="config override key=value")
@@ -219,7 +279,10 @@ def main(argv=None) -> job.JobReport:
     negative_prompt=s.negative_prompt,
   )
   requests.check_defaults(defaults, _DEFAULT_KEYS)
-  weights = dict(checkpoint=args.checkpoint, tokenizer=args.tokenizer, random_init=args.random_init)
+  step = workdir_step(config, args.checkpoint, args.step)
+  weights = dict(
+    checkpoint=args.checkpoint, step=step, tokenizer=args.tokenizer, random_init=args.random_init
+  )
   mesh = sharding.make_mesh(config.mesh)
   with job.exclusive(args.out):
     items = list(requests.read(args.scenes, defaults, limits(config, args.tokenizer)))
@@ -230,7 +293,7 @@ def main(argv=None) -> job.JobReport:
       setup=setup(config, **weights),
       batch_size=sharding.batch_shards(mesh, sharding.logical_rules(config.logical_rules)),
       fps=s.fps,
-      metadata=dict(config=args.config, overrides=args.set, checkpoint=args.checkpoint),
+      metadata=dict(config=args.config, overrides=args.set, checkpoint=args.checkpoint, step=step),
       progress=not args.no_progress,
     )
   print(json.dumps(report.summary(), indent=2))

@@ -1,5 +1,5 @@
 """DiT params from a training workdir's orbax checkpoints: params only (no optimizer state, no
-data iterator), restored straight into the shardings asked for.
+data iterator), restored straight into the shardings and param dtype asked for.
 
 The workdir is what `python -m holocine_jax.train` writes: `checkpoints/<step>/state` (the
 TrainState: step, params, opt_state) and `config.json`. Only the `params` subtree is read
@@ -61,13 +61,16 @@ def config(workdir: str, spec: str | None = None) -> ml_collections.ConfigDict:
 
 
 def params(workdir: str, step: int, model: DiTConfig, mesh, rules):
-  """The DiT param tree saved at `step`, placed in its logical shardings on `mesh`."""
+  """The DiT param tree saved at `step`, cast to `model.param_dtype` as it is read and placed
+  in its logical shardings on `mesh`."""
   shapes, specs = formats.abstract("dit", model)
   shardings = loader.param_shardings(specs, mesh, rules)
   target = jax.tree.map(
     lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
   )
-  restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), target)
+  restore_args = jax.tree.map(
+    lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, dtype=t.dtype), target
+  )
   args = ocp.args.PyTreeRestore(
     item=dict(params=dict(params=target)),
     restore_args=dict(params=dict(params=restore_args)),
