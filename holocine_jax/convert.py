@@ -1,10 +1,17 @@
 """Converts HoloCine / Wan2.2 / diffusers PyTorch weights into orbax checkpoints, and loads them.
 
-  python -m holocine_jax.convert --src checkpoints/ --format holocine \
-      --config configs/wan22_t2v_a14b.py --param_dtype bfloat16 --out /data/holocine_full
+  python -m holocine_jax.convert --src checkpoints/ --format holocine --param_dtype bfloat16 \
+      --out /data/holocine_full
   python -m holocine_jax.convert --src Wan2.2-T2V-A14B-Diffusers --out /data/wan22   # auto format
   python -m holocine_jax.convert --src checkpoints/ --components high,low \
-      --config configs/wan22_t2v_a14b.py:attention=sparse --out /data/sparse  # sparse_* experts
+      --config configs/holocine_a14b.py:attention=sparse --out /data/sparse  # sparse_* experts
+
+The DiT architecture comes from the checkpoint: the `config.json` beside an expert's files
+(diffusers or Wan) and the tensor shapes, which give all but the number of heads; without a
+config.json that is --config's, or without --config dim / 128 (the head_dim of every Wan DiT).
+--config adds what files cannot say (attention variant, dtypes, mesh, the umT5 and VAE sizes;
+default configs/wan22_t2v_a14b.py); a --config whose model fields differ from the checkpoint's
+fails with one line naming the fields and the config in configs/ that fits.
 
 Writes one orbax checkpoint per component found (`high`, `low` experts, `text_encoder`, `vae`)
 plus `convert.json` (sources, sizes, format, configs, source dtypes, saved dtype, param counts,
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -32,10 +40,84 @@ import tqdm
 from orbax.checkpoint.experimental import v1 as ocp
 
 from holocine_jax import config_file, sharding
+from holocine_jax.model.config import DiTConfig
 from holocine_jax.weights import formats, loader
 
 RECORD = "convert.json"
-DEFAULT_CONFIG = "configs/wan22_t2v_a14b.py"
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+DEFAULT_CONFIG = os.path.join(CONFIGS, "wan22_t2v_a14b.py")
+# (dim, num_layers) -> the Wan DiT of that size
+_FAMILIES = {
+  (1536, 30): "Wan2.1 T2V-1.3B",
+  (3072, 30): "Wan2.2 TI2V-5B",
+  (5120, 40): "Wan 14B / Wan2.2 A14B expert",
+}
+
+
+class ArchitectureError(ValueError):
+  """A DiT checkpoint's architecture differs from --config's model, or its heads are unknown."""
+
+
+def _fitting_configs(fields: dict) -> list[str]:
+  """The config files in configs/ whose model has the architecture `fields`."""
+  fits = []
+  for path in sorted(glob.glob(os.path.join(CONFIGS, "*.py"))):
+    try:
+      model = DiTConfig.from_config(config_file.load(path).model)
+    except (AttributeError, ImportError):  # common.py, __init__.py; configs/ not importable
+      continue
+    if all(getattr(model, k) == v for k, v in fields.items()):
+      fits.append(os.path.relpath(path))
+  return fits
+
+
+def _size(dim, layers) -> str:
+  return f"dim={dim}, {layers} layers"
+
+
+def _mismatch(name: str, said: dict, source: str, base: DiTConfig, config: str) -> str | None:
+  """One line: how the checkpoint's architecture `said` and --config's differ, and which
+  config fits; None when they agree."""
+  differ = [k for k in said if getattr(base, k) != said[k]]
+  if not differ:
+    return None
+  shown = ", ".join(f"{k} {said[k]} vs {getattr(base, k)}" for k in differ[:3])
+  more = f", +{len(differ) - 3} more" if len(differ) > 3 else ""
+  family = _FAMILIES.get((said.get("dim"), said.get("num_layers")))
+  fits = _fitting_configs(said)
+  use = f"use {' or '.join(fits)}" if fits else "use a config with the checkpoint's model fields"
+  return (
+    f"the {name} checkpoint is {_size(said.get('dim'), said.get('num_layers'))}"
+    f"{f' ({family}-like)' if family else ''} but --config {config} says "
+    f"{_size(base.dim, base.num_layers)}: {len(differ)} model fields differ from {source} "
+    f"({shown}{more}); {use}, or omit --config"
+  )
+
+
+def dit_config(component: formats.Component, base: DiTConfig, config: str | None):
+  """(config, where its architecture was read) for converting a DiT `component`: the
+  architecture its files say over `base` (from --config `config`, or the default config when
+  None); raises ArchitectureError when a given --config's model differs or the heads are unknown."""
+  said, source = formats.dit_architecture(component)
+  if config is not None:
+    error = _mismatch(component.name, said, source, base, config)
+    if error:
+      raise ArchitectureError(error)
+  if "num_heads" not in said:
+    dim = said.get("dim", base.dim)
+    if config is not None:
+      source += f", num_heads from {config}"
+    elif dim % formats.WAN_HEAD_DIM == 0:
+      said["num_heads"] = dim // formats.WAN_HEAD_DIM
+      source += f", num_heads = dim / {formats.WAN_HEAD_DIM} (Wan's head_dim)"
+      print(f"{component.name}: the tensor shapes do not say the number of heads: {source}")
+    else:
+      raise ArchitectureError(
+        f"the {component.name} checkpoint has no config.json and tensor shapes do not say the "
+        f"number of heads (dim {dim} is not a multiple of Wan's head_dim "
+        f"{formats.WAN_HEAD_DIM}): pass a --config whose model fits the checkpoint"
+      )
+  return dataclasses.replace(base, **said), source
 
 
 def _save_component(
@@ -90,19 +172,21 @@ def convert(
   out: str,
   *,
   fmt: str = "auto",
-  config: str = DEFAULT_CONFIG,
+  config: str | None = None,
   param_dtype: str | None = None,
   components: tuple[str, ...] | None = None,
   chunk_mb: int = 16,
   progress: bool = True,
   allow_nonfinite: bool = False,
 ) -> dict:
-  """Converts every component found below `src` into `out`; returns the record as written."""
+  """Converts every component found below `src` into `out`; returns the record as written.
+  `config` (a config file[:arg]; None: DEFAULT_CONFIG) adds what the files do not say."""
   start = time.time()
   out = os.path.abspath(out.rstrip("/"))
   if os.path.exists(out):
     raise FileExistsError(f"--out {out} already exists; remove it or pick another directory")
-  cfg = config_file.load(config)
+  spec = config or DEFAULT_CONFIG
+  cfg = config_file.load(spec)
   variant = cfg.model.get("self_attention", "full")
   fmt, found = formats.find_components(src, fmt, variant)
   if components is not None:
@@ -110,27 +194,35 @@ def convert(
     if unknown:
       raise ValueError(f"components {unknown} not found in {src}; found {[c.name for c in found]}")
     found = [c for c in found if c.name in components]
+  models = []  # every architecture is checked before anything is converted
+  for component in found:
+    model_config, architecture = formats.model_config(component.kind, cfg, param_dtype), None
+    if component.kind == "dit":
+      model_config, architecture = dit_config(component, model_config, config)
+    models.append((component, model_config, architecture))
   mesh = sharding.make_mesh(cfg.mesh)
   tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.partial")
   shutil.rmtree(tmp, ignore_errors=True)  # a previous, killed attempt
   os.makedirs(tmp)
   try:
     record = dict(
-      format=fmt, src=os.path.abspath(src), config=config, param_dtype=param_dtype, components={}
+      format=fmt, src=os.path.abspath(src), config=spec, param_dtype=param_dtype, components={}
     )
-    for component in found:
-      model_config = formats.model_config(component.kind, cfg, param_dtype)
-      record["components"][component.name] = _save_component(
+    for component, model_config, architecture in models:
+      entry = _save_component(
         component,
         model_config,
         mesh,
         cfg.logical_rules,
         os.path.join(tmp, component.name),
         chunk_mb << 20,
-        config,
+        spec,
         progress,
         allow_nonfinite,
       )
+      if architecture:
+        entry["architecture"] = architecture
+      record["components"][component.name] = entry
     record["seconds"] = round(time.time() - start, 3)
     with open(os.path.join(tmp, RECORD), "w") as f:
       json.dump(record, f, indent=2)
@@ -175,7 +267,11 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--src", required=True, help="checkpoint folder (or file's folder)")
   parser.add_argument("--format", default="auto", choices=("auto", *formats.FORMATS))
-  parser.add_argument("--config", default=DEFAULT_CONFIG, help="config file[:arg]")
+  parser.add_argument(
+    "--config",
+    default=None,
+    help="config file[:arg]: what the checkpoint does not say (default: wan22_t2v_a14b.py)",
+  )
   parser.add_argument("--out", required=True, help="output directory (must not exist)")
   parser.add_argument("--param_dtype", default=None, help="e.g. bfloat16 (default: the config's)")
   parser.add_argument("--components", default=None, help="comma list, e.g. high,low")
@@ -185,17 +281,20 @@ def main(argv=None) -> dict:
     "--allow_nonfinite", action="store_true", help="convert NaN/Inf weights instead of failing"
   )
   args = parser.parse_args(argv)
-  return convert(
-    args.src,
-    args.out,
-    fmt=args.format,
-    config=args.config,
-    param_dtype=args.param_dtype,
-    components=None if args.components is None else tuple(args.components.split(",")),
-    chunk_mb=args.chunk_mb,
-    progress=not args.no_progress,
-    allow_nonfinite=args.allow_nonfinite,
-  )
+  try:
+    return convert(
+      args.src,
+      args.out,
+      fmt=args.format,
+      config=args.config,
+      param_dtype=args.param_dtype,
+      components=None if args.components is None else tuple(args.components.split(",")),
+      chunk_mb=args.chunk_mb,
+      progress=not args.no_progress,
+      allow_nonfinite=args.allow_nonfinite,
+    )
+  except ArchitectureError as e:  # one line, no traceback
+    parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
 from holocine_jax.sampling import generator, job, requests, text_backends
 from holocine_jax.sampling.pipeline import SamplerConfig
-from holocine_jax.weights import restore
+from holocine_jax.weights import formats, restore
 
 # request field -> the config key giving its default
 _DEFAULT_KEYS = dict(
@@ -48,20 +48,11 @@ _DEFAULT_KEYS = dict(
   guidance="sampler.guidance_high / sampler.guidance_low",
   negative_prompt="sample.negative_prompt",
 )
-_ARCHITECTURE = (
-  "dim",
-  "num_layers",
-  "num_heads",
-  "ffn_dim",
-  "freq_dim",
-  "text_dim",
-  "in_channels",
-  "out_channels",
-  "patch_size",
-)
 
 
-def check_architecture(what: str, stored: DiTConfig, model: DiTConfig, fields=_ARCHITECTURE):
+def check_architecture(
+  what: str, stored: DiTConfig, model: DiTConfig, fields=formats.DIT_SHAPE_FIELDS
+):
   """Raises ValueError naming every field of `fields` in which `stored` (what `what` holds)
   differs from the sampling config's `model`."""
   differ = [
@@ -88,7 +79,7 @@ def workdir_step(config, checkpoint: str | None, step: int | None) -> int | None
   trained = DiTConfig.from_config(restore.config(checkpoint).model)
   model = DiTConfig.from_config(config.model)
   check_architecture(
-    f"training workdir {checkpoint}", trained, model, (*_ARCHITECTURE, "scan_layers")
+    f"training workdir {checkpoint}", trained, model, (*formats.DIT_SHAPE_FIELDS, "scan_layers")
   )
   return restore.resolve_step(checkpoint, step)
 

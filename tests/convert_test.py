@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from transformers import UMT5Config as HFConfig
 from transformers import UMT5EncoderModel
 
-from holocine_jax import config_file, convert, sharding
+from holocine_jax import config_file, convert, export, sharding
 from holocine_jax.model import umt5, vae
 from holocine_jax.model.dit import WanDiT
 from holocine_jax.weights import diffusers_dit, formats, keymap, loader, reader
@@ -529,3 +529,75 @@ def test_unreadable_files(models, tmp_path, monkeypatch):
     f.truncate(os.path.getsize(pth) // 2)
   with pytest.raises(reader.CheckpointReadError, match="cannot read .pth checkpoint"):
     reader.Checkpoint([pth])
+
+
+# ---------------------------------------------------------------------------------------------
+# The architecture read from the checkpoint; --config only adds what the files do not say.
+
+_ARCH = dict(dim=32, num_layers=2, num_heads=2, ffn_dim=64, freq_dim=32, text_dim=24)
+
+
+def _arch(out, name="high"):
+  config = convert.component_config(out, name)[1]
+  return {k: getattr(config, k) for k in _ARCH}
+
+
+def test_architecture_from_config_json_without_config(converted, models, tmp_path):
+  """diffusers' and Wan's config.json give the heads (head_dim 16 here, not Wan's 128)."""
+  root, _, _ = converted("diffusers")
+  out = str(tmp_path / "d")
+  record = convert.main(["--src", root, "--out", out, "--no_progress", "--components", "high,low"])
+  assert record["config"] == convert.DEFAULT_CONFIG  # for what the files do not say
+  assert record["components"]["high"]["architecture"] == "transformer/config.json and tensor shapes"
+  assert _arch(out) == _arch(out, "low") == _ARCH
+  root = _write_wan(str(tmp_path / "wan"), models)
+  config = os.path.join(root, "high_noise_model", "config.json")
+  with open(config, "w") as f:  # Wan's own config.json, as export writes it
+    json.dump(export.wan_config(convert.component_config(out, "high")[1]), f)
+  args = ["--src", root, "--no_progress", "--components", "high", "--out"]
+  record = convert.main([*args, str(tmp_path / "w")])
+  assert record["components"]["high"]["architecture"] == (
+    "high_noise_model/config.json and tensor shapes"
+  )
+  assert _arch(str(tmp_path / "w")) == _ARCH
+  with open(config, "w") as f:
+    json.dump(dict(_class_name="WanModel", dim=32, num_heads=2, num_layers=3), f)
+  with pytest.raises(
+    keymap.KeyMapError,
+    match=r"^high_noise_model/config.json disagrees with the tensor shapes beside it: num_layers "
+    r"3 vs 2 \(config.json vs shapes\)$",
+  ):
+    convert.main([*args, str(tmp_path / "bad")])
+
+
+def test_architecture_from_shapes_assumes_wan_head_dim(models, tmp_path, mesh8):
+  wide = ref.tiny_wan(2, num_attention_heads=2, attention_head_dim=128)  # dim 256
+  save_file(_original_dit(wide), str(tmp_path / "full_high_noise.safetensors"))
+  out = str(tmp_path / "out")
+  record = convert.main(["--src", str(tmp_path), "--out", out, "--no_progress"])
+  entry = record["components"]["high"]
+  assert entry["architecture"] == "tensor shapes, num_heads = dim / 128 (Wan's head_dim)"
+  assert _arch(out) == dict(_ARCH, dim=256, num_heads=2)
+  # the default config computes in bf16: measured 6.6e-3 relative (wrong heads: O(1))
+  assert _check_dit(out, "high", wide, mesh8) < 3e-2
+  # dim 32 is no multiple of 128: the heads must come from a --config
+  save_file(_original_dit(models["high"]), str(tmp_path / "full_high_noise.safetensors"))
+  with pytest.raises(convert.ArchitectureError, match="dim 32 is not a multiple of Wan's head_dim"):
+    convert.convert(str(tmp_path), str(tmp_path / "none"), progress=False)
+
+
+def test_mismatched_config_is_one_line_naming_the_config_that_fits(converted, tmp_path, capsys):
+  root, _, _ = converted("diffusers")
+  out = str(tmp_path / "out")
+  argv = ["--src", root, "--out", out, "--config", "configs/wan22_t2v_a14b.py", "--no_progress"]
+  with pytest.raises(SystemExit) as exit_info:
+    convert.main(argv)
+  assert exit_info.value.code == 2 and not os.path.exists(out)
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1, err
+  assert err.split(": error: ")[1] == (
+    "the high checkpoint is dim=32, 2 layers but --config "
+    "configs/wan22_t2v_a14b.py says dim=5120, 40 layers: 8 model fields differ from "
+    "transformer/config.json and tensor shapes (dim 32 vs 5120, num_layers 2 vs 40, num_heads 2 "
+    "vs 40, +5 more); use configs/tiny.py, or omit --config\n"
+  )

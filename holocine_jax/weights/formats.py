@@ -8,7 +8,9 @@ Formats (`--format`): `diffusers` (`transformer/` = high-noise expert, `transfor
 below the folder, variant picked by the config's self_attention, plus the Wan .pth files if
 present). `auto` picks the first layout that finds a DiT. Within a component the key map is
 picked from the key names (diffusers vs original Wan naming), so a mislabelled folder still
-converts or fails with a clear message.
+converts or fails with a clear message. A DiT's architecture is read from the checkpoint
+(`dit_architecture`): the `config.json` beside its files (diffusers' WanTransformer3DModel or
+Wan's WanModel), else the tensor shapes, which fix everything but the head count.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import glob
+import json
+import math
 import os
 import re
 
@@ -27,6 +31,7 @@ from holocine_jax.model.config import DiTConfig
 from holocine_jax.weights import (
   diffusers_dit,
   diffusers_vae,
+  keymap,
   reader,
   transformers_umt5,
   wan_dit,
@@ -56,6 +61,34 @@ LAYOUTS = {
     ("vae", "vae", "**/Wan2.1_VAE.pth"),
   ),
 }
+
+
+# DiT config fields that fix the param shapes (the others: numerics, attention, dtypes, memory)
+DIT_SHAPE_FIELDS = (
+  "dim",
+  "num_layers",
+  "num_heads",
+  "ffn_dim",
+  "freq_dim",
+  "text_dim",
+  "in_channels",
+  "out_channels",
+  "patch_size",
+)
+WAN_HEAD_DIM = 128  # every Wan DiT (1.3B, 5B, 14B); heads cannot be read from tensor shapes
+# config.json field -> DiTConfig field, per `_class_name`
+_CONFIG_JSON = {
+  "WanTransformer3DModel": dict(
+    num_attention_heads="num_heads", num_layers="num_layers", ffn_dim="ffn_dim",
+    freq_dim="freq_dim", text_dim="text_dim", in_channels="in_channels",
+    out_channels="out_channels", patch_size="patch_size", eps="eps",
+    rope_max_seq_len="rope_max_positions",
+  ),
+  "WanModel": dict(
+    dim="dim", num_heads="num_heads", num_layers="num_layers", ffn_dim="ffn_dim",
+    freq_dim="freq_dim", in_dim="in_channels", out_dim="out_channels", eps="eps",
+  ),
+}  # fmt: skip
 
 
 class UnknownFormatError(ValueError):
@@ -143,6 +176,69 @@ def key_map(kind: str, keys, config):
   raise UnknownFormatError(
     f"the keys match no known {kind} naming ({known}); first keys: {sorted(keys)[:5]}"
   )
+
+
+def _read_config_json(folder: str) -> tuple[dict, str] | None:
+  """(DiTConfig fields, `folder/config.json`) from a Wan DiT `config.json` in `folder`, or None."""
+  path = os.path.join(folder, "config.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    stored = json.load(f)
+  names = _CONFIG_JSON.get(stored.get("_class_name") if isinstance(stored, dict) else None)
+  if names is None:
+    return None
+  fields = {ours: stored[theirs] for theirs, ours in names.items() if theirs in stored}
+  if "attention_head_dim" in stored and "num_heads" in fields:  # diffusers: dim = heads x head_dim
+    fields["dim"] = fields["num_heads"] * stored["attention_head_dim"]
+  if "patch_size" in fields:
+    fields["patch_size"] = tuple(fields["patch_size"])
+  return fields, os.path.join(os.path.basename(folder), "config.json")
+
+
+def _read_shapes(shapes: dict[str, tuple[int, ...]], rules) -> dict:
+  """The DiTConfig fields that the tensor shapes fix (all of DIT_SHAPE_FIELDS but num_heads)."""
+  by_path, layers = {}, set()
+  for key, shape in shapes.items():
+    hit = keymap.match(rules, key)
+    if hit is not None:
+      by_path.setdefault(hit[0], tuple(shape))
+      if hit[1] is not None:
+        layers.add(hit[1])
+  fields = dict(num_layers=max(layers) + 1) if layers else {}
+  patch = by_path.get("patch_embedding/kernel", ())
+  if len(patch) == 5:  # conv3d [dim, in, pt, ph, pw]
+    fields.update(dim=patch[0], in_channels=patch[1], patch_size=patch[2:])
+  for path, field, axis in (
+    ("blocks/ffn_in/kernel", "ffn_dim", 0),
+    ("time_embedding_1/kernel", "freq_dim", 1),
+    ("text_embedding_1/kernel", "text_dim", 1),
+  ):
+    if len(by_path.get(path, ())) == 2:
+      fields[field] = by_path[path][axis]
+  head = by_path.get("head/kernel", ())
+  if len(head) == 2 and "patch_size" in fields:  # [out * pt * ph * pw, dim]
+    fields["out_channels"] = head[0] // math.prod(fields["patch_size"])
+  return fields
+
+
+def dit_architecture(component: Component) -> tuple[dict, str]:
+  """(DiTConfig fields the checkpoint says, where they were read) for a DiT component: the
+  tensor shapes, with the heads (and eps, RoPE length) from a Wan / diffusers `config.json`
+  beside the files; the config.json and the shapes must agree."""
+  checkpoint = reader.Checkpoint(component.files)
+  _, rules, _ = key_map("dit", list(checkpoint), None)
+  fields = _read_shapes({k: v.shape for k, v in checkpoint.items()}, rules)
+  said, source = _read_config_json(os.path.dirname(component.files[0])) or ({}, None)
+  differ = [f"{k} {said[k]} vs {fields[k]}" for k in said if k in fields and said[k] != fields[k]]
+  if differ:
+    raise keymap.KeyMapError(
+      f"{source} disagrees with the tensor shapes beside it: {', '.join(differ)} (config.json vs "
+      "shapes)"
+    )
+  merged = {**fields, **said}
+  ordered = {f.name: merged[f.name] for f in dataclasses.fields(DiTConfig) if f.name in merged}
+  return ordered, f"{source} and tensor shapes" if source else "tensor shapes"
 
 
 def model_config(kind: str, config, param_dtype: str | None = None):
