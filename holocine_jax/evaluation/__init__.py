@@ -1,0 +1,1 @@
+"""Evaluation of sampling runs: transition control with TransNet V2, contact sheets, gallery."""
