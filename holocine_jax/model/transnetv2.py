@@ -10,7 +10,7 @@ last and avg-pools 2x2 in space); a frame-similarity head (cosine similarities o
 stack features to the frames +-50 around) and a colour-histogram head (the same over 512-bin
 RGB histograms) are concatenated with the flattened last features into a 1024-wide dense layer.
 Legend: B windows, T frames, H height, W width, C channels, D features, K lookup (101 frames),
-N windows of a video, P pixels of a frame.
+N windows of a video, M = B*T frames of a 2D conv, P pixels of a frame.
 """
 
 from __future__ import annotations
@@ -87,10 +87,10 @@ class DilatedBlock(nn.Module):
     space_3x3xCxD = jnp.concatenate(
       [Kernel((1, 3, 3, c, 2 * f), name=f"conv{d}_space")()[0] for d in DILATIONS], axis=-1
     )
-    y_NxHxWxD = conv2d(
+    y_MxHxWxD = conv2d(
       x_BxTxHxWxC.reshape(b * t, h, w, c), space_3x3xCxD, ((1, 1), (1, 1)), precision=self.precision
     )
-    y_BxTxPxD = y_NxHxWxD.reshape(b, t, h * w, len(DILATIONS) * 2 * f)
+    y_BxTxPxD = y_MxHxWxD.reshape(b, t, h * w, len(DILATIONS) * 2 * f)
     branches = []
     for i, d in enumerate(DILATIONS):
       time_3x1xDxF = Kernel((3, 1, 1, 2 * f, f), name=f"conv{d}_time")()[:, 0]
@@ -185,9 +185,9 @@ class TransNetV2(nn.Module):
     return dense(1, "single")(x_BxTxD)[..., 0], dense(1, "many")(x_BxTxD)[..., 0]
 
 
-def init_fn(precision: str | None = "highest"):
+def init_fn():
   """key -> params of the network (the dummy input is built inside, so eval_shape is free)."""
-  model = TransNetV2(precision)
+  model = TransNetV2()
 
   def init(key):
     return model.init(key, jnp.zeros((1, 1, HEIGHT, WIDTH, 3), jnp.uint8))["params"]
