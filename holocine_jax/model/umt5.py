@@ -271,4 +271,5 @@ def make_encode_fn(config: UMT5Config, mesh, rules, shardings):
     with sharding.activate(mesh, rules):
       return jitted(params, ids_BxT, mask_BxT)
 
+  call.jitted = jitted  # the planner compiles this for TPU slices
   return call

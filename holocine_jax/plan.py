@@ -1,0 +1,135 @@
+"""Plan a run before renting a TPU slice: compile the job for the slice here, report per-chip HBM.
+
+  python -m holocine_jax.plan --config configs/holocine_a14b.py:attention=sparse --job sample \
+      --topology v5p-8
+  python -m holocine_jax.plan --config configs/wan22_t2v_a14b.py:batch=16,remat=full --job train \
+      --topology v5p-64 --json
+  python -m holocine_jax.plan --config configs/tiny.py:block=128 --job train --topology v5p-8 \
+      --frames 17 --height 64 --width 64 --shots 2 --set mesh.fsdp=2 --set mesh.tensor=2
+
+Runs on any CPU host (libtpu compiles deviceless). Builds the job's own jitted function (train
+step, sampler stage with CFG, VAE decode, umT5 encode) on abstract inputs sharded over the
+slice's chips and compiles it with the real TPU compiler. Without `--set mesh.*` it searches the
+(data, fsdp, context, tensor) split. Exit status 1 when the plan does not fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+
+from holocine_jax import config_file
+from holocine_jax.layout import LayoutError
+from holocine_jax.planning import programs, search
+from holocine_jax.scene import SceneError
+
+GIB = 2**30
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--config", required=True, help="config file, e.g. configs/holocine_a14b.py[:arg]")
+  p.add_argument("--job", required=True, choices=("sample", "train", "vae", "text"))
+  p.add_argument("--topology", required=True, help="TPU slice: v5p-8, v5p-64, v5e-16, v6e-8, ...")
+  p.add_argument("--frames", type=int, default=241, help="video frames (snapped to 4t+1)")
+  p.add_argument("--height", type=int, default=480)
+  p.add_argument("--width", type=int, default=832)
+  p.add_argument("--shots", type=int, default=5, help="shots, evenly cut")
+  p.add_argument("--batch", type=int, default=0, help="scenes, or train global batch (0: config)")
+  p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
+  p.add_argument("--fit", type=float, default=0.8, help="fits: peak <= this fraction of HBM")
+  p.add_argument("--search_layers", type=int, default=2, help="mesh search depths: N and 2N")
+  p.add_argument("--max_candidates", type=int, default=8, help="meshes the search may compile")
+  p.add_argument("--json", action="store_true", help="print one JSON object")
+  return p.parse_args(argv)
+
+
+def _gib(n: int) -> str:
+  return f"{n / GIB:.2f} GiB" if n >= GIB // 8 else f"{n / 2**20:.2f} MiB"
+
+
+def _logger():
+  start = time.perf_counter()
+  return lambda message: print(
+    f"[{time.perf_counter() - start:6.0f} s] {message}", file=sys.stderr, flush=True
+  )
+
+
+def table(plan) -> str:
+  """The plan as a two-column text table."""
+  m, f = plan.per_device_bytes, plan.facts
+  state = "fits" if plan.fits else "does NOT fit"
+  depth = "" if plan.num_layers is None else f"{plan.num_layers} layers, "
+  rows = [
+    (
+      "job",
+      f"{plan.job} on {plan.topology}: {plan.chips} chip(s), {_gib(plan.hbm_bytes)} HBM each",
+    ),
+    ("mesh", " ".join(f"{k}={v}" for k, v in plan.mesh.items()) or "-"),
+    ("compiled", f"{'yes' if plan.compiled else 'no'}: {depth}{plan.compile_s} s"),
+    (
+      "per chip",
+      f"{state}: peak {_gib(m.peak)} = {plan.fraction:.1%} of HBM (limit {plan.fit_limit:.0%})",
+    ),
+    ("  arguments", _gib(m.arguments)),
+    ("  outputs", _gib(m.outputs)),
+    ("  temporaries", _gib(m.temporaries)),
+    ("  aliased", _gib(m.aliased)),
+  ]
+  if "tokens" in f:
+    rows.append(("input", f"{f['rows']} rows x {f['tokens']:,} tokens"))
+  if "kv_blocks_dense" in f:
+    share = f["kv_blocks_visited"] / f["kv_blocks_dense"]
+    rows.append(("shot bound", f"{f['shot_bound_frames']} latent frames"))
+    rows.append(
+      (
+        "kv blocks",
+        f"{f['kv_blocks_visited']:,} visited / {f['kv_blocks_dense']:,} dense ({share:.0%})",
+      )
+    )
+  for s in plan.search:
+    mesh = " ".join(f"{k}={v}" for k, v in s["mesh"].items())
+    note = s.get("error") or f"predicted peak {_gib(s['predicted_peak'])} ({s['compile_s']} s)"
+    rows.append(("searched", f"{mesh}: {note}"))
+  if plan.error:
+    rows.append(("error", plan.error))
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  if "JAX_PLATFORMS" not in os.environ:
+    jax.config.update("jax_platforms", "cpu")  # compiling for TPU needs no TPU: host arrays only
+  try:
+    config = config_file.load(args.config, args.set)
+  except (OSError, KeyError, ValueError, AttributeError) as e:
+    sys.exit(f"error: config: {e}")
+  pinned = any(item.startswith("mesh.") for item in args.set)
+  try:
+    request = programs.Request(
+      args.job, args.frames, args.height, args.width, args.shots, args.batch
+    )
+    result = search.plan(
+      config,
+      request,
+      args.topology,
+      mesh=dict(config.mesh) if pinned else None,
+      fit=args.fit,
+      search_layers=args.search_layers,
+      max_candidates=args.max_candidates,
+      log=_logger(),
+    )
+  except (search.PlanError, SceneError, LayoutError) as e:
+    sys.exit(f"error: {e}")
+  print(json.dumps(result.to_json(), indent=2) if args.json else table(result), flush=True)
+  return result
+
+
+if __name__ == "__main__":
+  sys.exit(0 if main().fits else 1)

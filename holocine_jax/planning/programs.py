@@ -1,0 +1,274 @@
+"""The jitted function of each plannable job, with abstract sharded arguments on a mesh.
+
+Every builder runs the code its job runs: `training/step.py`'s train step on the abstract
+`TrainState` of `training/state.py`, the sampler's per-expert stage (CFG rows) on bf16 expert
+params in the shardings `convert.load` restores them to, the sampling job's VAE decode, and the
+umT5 encoder. Arguments are `jax.ShapeDtypeStruct`s carrying NamedShardings; the only concrete
+arrays are the scene's small ShotBatch, built on the host. Nothing runs on the mesh's devices.
+Legend: B rows, F/H/W latent grid, C latent channels, T text tokens, E text dim, Z VAE latents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core import meta
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from holocine_jax import layout, sample, sharding
+from holocine_jax.attention import shot_kernel
+from holocine_jax.model import umt5
+from holocine_jax.model.config import DiTConfig
+from holocine_jax.model.dit import WanDiT
+from holocine_jax.sampling import generator
+from holocine_jax.sampling.pipeline import Sampler, SamplerConfig
+from holocine_jax.scene import Scene
+from holocine_jax.training import global_batch, records, state, synthetic
+from holocine_jax.training import loss as loss_lib
+from holocine_jax.training import step as step_lib
+from holocine_jax.weights import formats, loader
+
+JOBS = ("sample", "train", "vae", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """A job on one scene: `batch` counts scenes (sample, vae, text) or the global batch (train;
+  0 takes the config's)."""
+
+  job: str
+  frames: int = 241
+  height: int = 480
+  width: int = 832
+  shots: int = 5
+  batch: int = 0
+
+  def __post_init__(self):
+    if self.job not in JOBS:
+      raise ValueError(f"unknown job {self.job!r}; expected one of {JOBS}")
+    _scene(self)  # SceneError naming the problem (e.g. more shots than frames)
+
+
+@dataclasses.dataclass
+class Program:
+  """A jitted function, abstract arguments for it, and facts about its input."""
+
+  jitted: Any
+  args: tuple
+  num_layers: int | None
+  facts: dict
+
+
+def rows(config, request: Request, batch_shards: int) -> int:
+  """Batch rows the job runs: scenes padded to whole batch shards as the jobs pad them; x2 for
+  the sampler's CFG, +1 negative prompt for the text encoder."""
+  pad = lambda n: -(-n // batch_shards) * batch_shards
+  if request.job == "train":
+    return request.batch or config.train.global_batch
+  scenes = request.batch or 1
+  return {"sample": 2 * pad(scenes), "vae": pad(scenes), "text": pad(scenes + 1)}[request.job]
+
+
+def full_depth(config, request: Request) -> int | None:
+  """Layers the job compiles at full depth (None: the VAE has no layer stack)."""
+  if request.job == "vae":
+    return None
+  if request.job == "text":
+    return formats.model_config("umt5", config).num_layers
+  return config.model.num_layers
+
+
+def token_count(config, request: Request) -> int:
+  """Video tokens of the request's scene in the DiT."""
+  return _grid(request, tuple(config.model.patch_size)).num_tokens
+
+
+def build(config, request: Request, mesh, num_layers: int | None = None) -> Program:
+  """The job's jitted function on `mesh`; `num_layers` overrides the depth (DiT, umT5)."""
+  rules = sharding.logical_rules(config.logical_rules)
+  b = rows(config, request, sharding.batch_shards(mesh, rules))
+  builder = {"sample": _sample, "train": _train, "vae": _vae, "text": _text}[request.job]
+  program = builder(config, request, mesh, rules, b, num_layers)
+  program.facts = dict(rows=b, **program.facts)
+  return program
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )
+
+
+def _restored(kind: str, model_config, mesh, rules):
+  """Abstract params of a converted component, in the shardings `convert.load` gives them."""
+  shapes, specs = formats.abstract(kind, model_config)
+  return _abstract(shapes, loader.param_shardings(specs, mesh, rules))
+
+
+def _depth(model_config, num_layers):
+  return (
+    model_config if num_layers is None else dataclasses.replace(model_config, num_layers=num_layers)
+  )
+
+
+def _scene(request: Request):
+  return Scene.create("plan", [f"shot {i}" for i in range(request.shots)], request.frames)
+
+
+def _grid(request: Request, patch=(1, 2, 2)) -> layout.LatentGrid:
+  """The latent grid of the request's video (frames snapped to 4t+1)."""
+  s = generator.VAE_SPACE_STRIDE
+  frames = _scene(request).num_latent_frames
+  return layout.LatentGrid(frames, request.height // s, request.width // s, patch)
+
+
+def _record(request: Request, model_config: DiTConfig):
+  """(latent grid, shot layout, training record) of the request's scene, evenly cut, with the
+  toy text embedding's prompt and windows (only shapes matter here)."""
+  scene = _scene(request)
+  grid = _grid(request, model_config.patch_size)
+  context_NxE, ranges = synthetic.toy_text_embedding(scene.prompt(), model_config.text_dim)
+  lay = layout.ShotLayout.from_scene(scene, grid)
+  record = dict(
+    latents=np.zeros((grid.frames, grid.height, grid.width, model_config.in_channels), np.float32),
+    context=context_NxE.astype(np.float32),
+    latent_bounds=np.asarray(lay.latent_bounds, np.int32),
+    text_ranges=ranges,
+  )
+  return grid, lay, record
+
+
+def _shot_bound(fixed: int, lay: layout.ShotLayout, grid: layout.LatentGrid) -> int:
+  """The job's static shot bound: the config's fixed one, or (0) as both jobs derive it from
+  their data, the longest shot rounded."""
+  return fixed or records.round_shot_bound(max(lay.latent_frames_per_shot()), grid.frames)
+
+
+def _shot_facts(shots: layout.ShotBatch, model_config: DiTConfig) -> dict:
+  """The static shot bound and the kernel's kv blocks: visited, and what dense attention visits."""
+  attended = shots
+  if model_config.self_attention == "full":
+    attended = layout.dense_batch(*shots.shot_id_BxL.shape)
+  blocks = shot_kernel.BlockSizes(model_config.block_q, model_config.block_kv)
+  visited, dense = shot_kernel.visited_blocks(attended, blocks)
+  return dict(
+    tokens=int(shots.shot_id_BxL.shape[1]),
+    shot_bound_frames=shots.max_shot_frames,
+    kv_blocks_visited=visited,
+    kv_blocks_dense=dense,
+  )
+
+
+def _sample(config, request, mesh, rules, b, num_layers):
+  """One expert's denoising stage (Sampler.stage) over a CFG batch: b/2 scenes + negatives."""
+  model_config = _depth(formats.model_config("dit", config, "bfloat16"), num_layers)
+  sampler_config = (
+    SamplerConfig.from_config(config.sampler) if "sampler" in config else SamplerConfig()
+  )
+  sampler = Sampler(WanDiT(model_config), sampler_config)
+  blocks = config.sample if "sample" in config else config.data
+  grid, lay, record = _record(request, model_config)
+  shots = layout.make_batch(
+    [lay] * b,
+    [records.windows_of(record)] * (b // 2) + [None] * (b // 2),
+    max_shots=blocks.max_shots,
+    max_shot_frames=_shot_bound(blocks.max_shot_frames, lay, grid),
+    text_len=blocks.text_len,
+  )
+  batch = NamedSharding(mesh, P(sharding.batch_axes(rules)))
+  replicated = NamedSharding(mesh, P())
+  noise = jax.ShapeDtypeStruct(
+    (b // 2, grid.frames, grid.height, grid.width, model_config.in_channels), jnp.float32
+  )
+  latents = jax.eval_shape(sampler.schedule.init, noise)
+  context = jax.ShapeDtypeStruct((b, blocks.text_len, model_config.text_dim), jnp.bfloat16)
+  scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)
+  args = (
+    {"params": _restored("dit", model_config, mesh, rules)},
+    jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), sampler.schedule
+    ),
+    jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch), latents),
+    jax.ShapeDtypeStruct(context.shape, context.dtype, sharding=batch),
+    jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch), shots),
+    scalar(jnp.int32),
+    scalar(jnp.int32),
+    scalar(jnp.float32),
+  )
+  return Program(sampler.stage, args, model_config.num_layers, _shot_facts(shots, model_config))
+
+
+def _train(config, request, mesh, rules, b, num_layers):
+  """The train step (loss, grads, AdamW) on the abstract TrainState and a global batch."""
+  train = config.train
+  model = WanDiT(_depth(DiTConfig.from_config(config.model), num_layers))
+  tx, schedule = state.optimizer(train)
+  key = jax.random.key(train.seed)  # on the host: no eager op may run under the mesh
+  with sharding.activate(mesh, rules):
+    boxed = jax.eval_shape(state.init_fn(model, tx), key)
+  state_shardings = meta.unbox(sharding.shardings_for(boxed, mesh, rules))
+  grid, lay, record = _record(request, model.config)
+  one = records.collate(
+    [record],
+    patch=model.config.patch_size,
+    max_shots=config.data.max_shots,
+    max_shot_frames=_shot_bound(config.data.max_shot_frames, lay, grid),
+    text_len=config.data.text_len,
+  )
+  host_batch = {  # b copies of the collated record (views: nothing of batch size is allocated)
+    k: jax.tree.map(lambda x: np.broadcast_to(x, (b, *x.shape[1:])), one[k])
+    for k in global_batch.MODEL_INPUTS
+  }
+  batch_shardings = global_batch.shardings(host_batch, mesh, rules)
+  step = step_lib.make_train_step(
+    model,
+    tx,
+    schedule,
+    loss_lib.FlowMatching.from_config(train),
+    seed=train.seed,
+    mesh=mesh,
+    rules=rules,
+    state_shardings=state_shardings,
+    batch_shardings=batch_shardings,
+  )
+  args = (
+    _abstract(meta.unbox(boxed), state_shardings),
+    _abstract(host_batch, batch_shardings),
+  )
+  return Program(
+    step.jitted, args, model.config.num_layers, _shot_facts(host_batch["shots"], model.config)
+  )
+
+
+def _vae(config, request, mesh, rules, b, num_layers):
+  """The sampling job's decode: final latents -> uint8 video."""
+  del num_layers  # the VAE has no layer stack to shorten
+  vae_config = formats.model_config("vae", config)
+  grid = _grid(request)
+  latents = jax.ShapeDtypeStruct(
+    (b, grid.frames, grid.height, grid.width, vae_config.z_dim),
+    jnp.float32,
+    sharding=NamedSharding(mesh, P(sharding.batch_axes(rules))),
+  )
+  args = (_restored("vae", vae_config, mesh, rules), latents)
+  return Program(sample.vae_decoder(vae_config), args, None, {})
+
+
+def _text(config, request, mesh, rules, b, num_layers):
+  """The umT5 encoder over b prompts of the config's text length (scenes + the negative)."""
+  text_config = _depth(formats.model_config("umt5", config), num_layers)
+  shardings = umt5.param_shardings(text_config, mesh, rules)
+  encode = umt5.make_encode_fn(text_config, mesh, rules, shardings)
+  tokens = NamedSharding(mesh, P(sharding.batch_axes(rules)))
+  length = config.sample.text_len if "sample" in config else config.text_len
+  args = (
+    _abstract(umt5.abstract_params(text_config)[0], shardings),
+    jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=tokens),
+    jax.ShapeDtypeStruct((b, length), jnp.bool_, sharding=tokens),
+  )
+  return Program(encode.jitted, args, text_config.num_layers, dict(tokens=length))

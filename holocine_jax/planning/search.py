@@ -1,0 +1,187 @@
+"""Plans a job on a TPU slice: chooses the mesh, compiles at full depth, reports fit per chip.
+
+Without a pinned mesh, candidate (data, fsdp, context, tensor) splits that the job's shapes
+allow are tried in order of expected throughput (fewest context x tensor splits, context before
+tensor, FSDP before data parallelism). Each is compiled at two reduced depths and its peak per
+chip extrapolated linearly to the full depth; the first predicted to fit is confirmed at full
+depth (on failure the search goes on). When none is predicted to fit, the smallest predicted
+peak is compiled at full depth and reported as not fitting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+
+from holocine_jax import sharding, topology
+from holocine_jax.planning import memory, programs
+
+DEFAULT_FIT = 0.8  # fits: peak per chip <= this fraction of the chip's usable HBM
+
+
+class PlanError(ValueError):
+  """An unknown topology, or a mesh that does not divide the slice."""
+
+
+@dataclasses.dataclass
+class Plan:
+  """What `plan` found; `to_json` is the CLI's --json object."""
+
+  job: str
+  topology: str
+  chips: int
+  hbm_bytes: int
+  fit_limit: float
+  mesh: dict
+  compiled: bool = False
+  fits: bool = False
+  per_device_bytes: memory.Memory = memory.Memory()
+  num_layers: int | None = None
+  compile_s: float = 0.0
+  facts: dict = dataclasses.field(default_factory=dict)
+  search: list = dataclasses.field(default_factory=list)
+  error: str = ""
+
+  @property
+  def fraction(self) -> float:
+    return self.per_device_bytes.peak / self.hbm_bytes
+
+  def to_json(self) -> dict:
+    out = dataclasses.asdict(self)
+    out.update(out.pop("facts"), fraction=self.fraction)
+    return out
+
+
+def candidates(config, request: programs.Request, num_chips: int) -> list[dict]:
+  """Mesh sizes over `num_chips` that the job's batch, heads and tokens divide, best first."""
+  model = config.model
+  tokens = programs.token_count(config, request)
+  out = []
+  for data, fsdp, context in itertools.product(_divisors(num_chips), repeat=3):
+    tensor, rest = divmod(num_chips, data * fsdp * context)
+    if rest or data * fsdp * context * tensor != num_chips:
+      continue
+    shards = data * fsdp
+    rows = programs.rows(config, request, shards)
+    if rows != programs.rows(config, request, 1) or rows % shards:
+      continue  # the job would pad its batch: not the batch asked for
+    if request.job in ("sample", "train"):
+      if model.num_heads % (tensor * context) or tokens % context:
+        continue
+    elif context > 1:
+      continue  # only the DiT splits a sequence
+    out.append(dict(data=data, fsdp=fsdp, context=context, tensor=tensor))
+  out.sort(key=lambda m: (m["context"] * m["tensor"], m["tensor"], m["data"]))
+  return out
+
+
+def _divisors(n: int) -> list[int]:
+  return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _deviceless_libtpu(topology_name: str) -> None:
+  """libtpu settings for compiling without TPUs: no runtime lookups (and their warnings) and no
+  lock against other processes doing the same."""
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+  os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology_name)
+
+
+def _measurer(config, request, devices):
+  """measure(sizes, num_layers=None) -> (memory.Compiled, Program), each compiled once."""
+  cache = {}
+
+  def measure(sizes, num_layers=None):
+    key = (tuple(sizes.values()), num_layers)
+    if key not in cache:
+      mesh = sharding.make_mesh(sizes, devices=devices)
+      program = programs.build(config, request, mesh, num_layers)
+      cache[key] = memory.compile_program(program, mesh, config.logical_rules), program
+    return cache[key]
+
+  return measure
+
+
+def plan(
+  config,
+  request: programs.Request,
+  topology_name: str,
+  *,
+  mesh: dict | None = None,
+  fit: float = DEFAULT_FIT,
+  search_layers: int = 2,
+  max_candidates: int = 8,
+  log=lambda message: None,
+) -> Plan:
+  """Compiles the job for the slice; `mesh` pins the axis sizes (else searched, see above)."""
+  try:
+    tpu = topology.parse(topology_name)
+  except ValueError as e:
+    raise PlanError(str(e)) from None
+  try:
+    shape = None if mesh is None else sharding.mesh_shape(mesh, tpu.num_chips)
+  except ValueError as e:
+    raise PlanError(f"{topology_name} has {tpu.num_chips} chips: {e}") from None
+  _deviceless_libtpu(topology_name)
+  devices = topology.devices(topology_name)
+  result = Plan(request.job, topology_name, tpu.num_chips, tpu.hbm_bytes, fit, {})
+  limit = fit * tpu.hbm_bytes
+  measure = _measurer(config, request, devices)
+  if shape is not None:
+    meshes = [dict(zip(sharding.MESH_AXES, shape, strict=True))]
+  else:
+    meshes = _search(
+      config, request, measure, len(devices), limit, search_layers, max_candidates, result, log
+    )
+  for sizes in meshes:
+    log(f"compiling {request.job} on {topology_name}, mesh {sizes}, at full depth")
+    compiled, program = measure(sizes)
+    result.mesh = sizes
+    result.compiled = not compiled.out_of_memory
+    result.per_device_bytes = compiled.memory
+    result.fits = result.compiled and compiled.memory.peak <= limit
+    result.num_layers, result.compile_s = program.num_layers, round(compiled.compile_s, 1)
+    result.facts = program.facts
+    result.error = compiled.out_of_memory.strip().splitlines()[0] if compiled.out_of_memory else ""
+    if result.fits:
+      break
+  return result
+
+
+def _search(config, request, measure, num_chips, limit, search_layers, max_candidates, result, log):
+  """Meshes to compile at full depth, lazily: each candidate predicted to fit, in order, then
+  (if none was) the smallest predicted peak. Sets result.error when nothing compiles."""
+  options = candidates(config, request, num_chips)[:max_candidates]
+  if not options:
+    result.error = f"no mesh of {num_chips} chips divides the job's batch, heads and tokens"
+  if len(options) <= 1:
+    yield from options
+    return
+  full = programs.full_depth(config, request)
+  depths = (search_layers, 2 * search_layers) if full and 2 * search_layers < full else None
+  best, yielded = None, False
+  for sizes in options:
+    log(f"trying mesh {sizes}" + (f" at depths {depths}" if depths else ""))
+    try:
+      runs = [measure(sizes, d)[0] for d in depths or (None,)]
+      predicted = runs[-1].memory.peak
+      if depths:
+        a, b = (run.memory.peak for run in runs)
+        predicted = b + (b - a) / (depths[1] - depths[0]) * (full - depths[1])
+    except Exception as e:  # noqa: BLE001 (a candidate the compiler rejects is skipped)
+      result.search.append(dict(mesh=sizes, error=f"{type(e).__name__}: {e}".splitlines()[0]))
+      continue
+    seconds = round(sum(run.compile_s for run in runs), 1)
+    result.search.append(dict(mesh=sizes, predicted_peak=int(predicted), compile_s=seconds))
+    if best is None or predicted < best[0]:
+      best = (predicted, sizes)
+    if predicted <= limit:
+      yielded = True
+      yield sizes
+  if best is None:
+    result.error = "no candidate mesh compiled: " + "; ".join(
+      f"{s['mesh']}: {s['error']}" for s in result.search
+    )
+  elif not yielded:
+    yield best[1]

@@ -1,0 +1,111 @@
+"""The planner compiles real jobs for deviceless TPU slices and reports per-chip memory."""
+
+import json
+
+import pytest
+
+from holocine_jax import plan
+from holocine_jax.planning import memory
+
+SMALL_SCENE = ["--frames", "17", "--height", "64", "--width", "64", "--shots", "2"]
+TINY = ["--config", "configs/tiny.py:block=128", *SMALL_SCENE]  # TPU kernel: 128k blocks
+A14B_2_LAYERS = [
+  "--frames",
+  "5",
+  "--height",
+  "240",
+  "--width",
+  "416",
+  "--set",
+  "model.num_layers=2",
+]
+
+
+def _json(capsys, argv):
+  result = plan.main([*argv, "--json"])
+  return result, json.loads(capsys.readouterr().out)
+
+
+def test_tiny_sample_table(capsys):
+  result = plan.main(
+    [*TINY, "--job", "sample", "--topology", "v5p-8", "--shots", "2", "--batch", "4"]
+  )
+  out = capsys.readouterr().out
+  assert result.compiled and result.fits
+  assert result.mesh == dict(data=1, fsdp=4, context=1, tensor=1)  # 4 scenes: one per chip
+  assert "fits: peak" in out and "data=1 fsdp=4 context=1 tensor=1" in out
+  assert "8 rows x 80 tokens" in out  # 4 scenes, CFG: 8 rows of 4 latent frames of 4x4 tokens
+
+
+def test_tiny_sparse_train_json(capsys):
+  argv = ["--config", "configs/tiny.py:attention=sparse,block=128", *SMALL_SCENE, "--job", "train"]
+  argv += ["--topology", "v5p-8", "--shots", "3"]
+  result, out = _json(capsys, argv)
+  assert out["compiled"] and out["fits"] and out["topology"] == "v5p-8"
+  assert (
+    out["mesh"]["data"] * out["mesh"]["fsdp"] * out["mesh"]["context"] * out["mesh"]["tensor"] == 4
+  )
+  assert out["hbm_bytes"] == int(95.74 * 2**30) and out["num_layers"] == 2
+  m = out["per_device_bytes"]
+  assert set(m) == {"arguments", "outputs", "temporaries", "aliased", "peak"}
+  assert m["peak"] == m["arguments"] + m["outputs"] + m["temporaries"] - m["aliased"] > 0
+  assert m["aliased"] > 0  # the train state is donated
+  assert out["compile_s"] > 0 and out["fraction"] == pytest.approx(
+    m["peak"] / out["hbm_bytes"], 1e-3
+  )
+  assert out["shot_bound_frames"] == 5  # tiny's fixed data.max_shot_frames
+  assert out["kv_blocks_visited"] > 0 and out["kv_blocks_dense"] > 0
+  assert out["rows"] == 8  # the config's global batch
+
+
+@pytest.mark.parametrize("job", ["sample", "train"])
+def test_a14b_two_layers(capsys, job):
+  config = "configs/holocine_a14b.py:attention=sparse,batch=4"
+  result, out = _json(
+    capsys,
+    ["--config", config, "--job", job, "--topology", "v5p-8", "--shots", "2", *A14B_2_LAYERS],
+  )
+  assert out["compiled"] and out["fits"] and out["num_layers"] == 2
+  assert out["tokens"] == 2 * 15 * 26  # 2 latent frames of 30x52 latents in 2x2 patches
+  assert out["rows"] == (2 if job == "sample" else 4)  # CFG over one scene / the global batch
+  # One scene of two 1-frame shots, padded to 13 shots: the summary tail dominates at this size.
+  assert out["shot_bound_frames"] == 2 and out["kv_blocks_visited"] > 0  # capped at the clip
+
+
+def test_too_small_slice_does_not_fit(capsys):
+  # An FFN of 2^27 features: 2 layers x 2 x 32 x 2^27 fp32 weights = 64 GiB on one 16 GB chip.
+  argv = [*TINY, "--job", "sample", "--topology", "v5e-1", "--shots", "2"]
+  argv += ["--set", "model.ffn_dim=134217728"]
+  result, out = _json(capsys, argv)
+  assert not out["fits"] and not out["compiled"]
+  assert out["per_device_bytes"]["peak"] > out["hbm_bytes"]
+  assert "RESOURCE_EXHAUSTED" in out["error"]
+
+
+def test_unknown_topology_is_one_clear_error():
+  with pytest.raises(SystemExit, match="unknown TPU topology 'v9-8'"):
+    plan.main([*TINY, "--job", "sample", "--topology", "v9-8"])
+
+
+def test_mesh_that_does_not_divide_is_one_clear_error():
+  with pytest.raises(SystemExit, match="v5p-8 has 4 chips: mesh .* does not divide 4"):
+    plan.main([*TINY, "--job", "sample", "--topology", "v5p-8", "--set", "mesh.fsdp=3"])
+
+
+def test_out_of_memory_messages_parse():
+  early = (
+    "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+    "temporaries (4.30T) exceeds available HBM (95.74G)."
+  )
+  m = memory.parse_out_of_memory(early, arguments=2**30)
+  assert m.temporaries == int(4.30 * 2**40) and m.peak == m.temporaries + 2**30
+  report = (
+    "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory space hbm. "
+    "Used 40.48G of 31.25G hbm. Exceeded hbm capacity by 9.23G.\n\nTotal hbm usage >= 41.48G:\n"
+    "    reserved        530.00M \n    program          38.52G \n    arguments         1.44G \n\n"
+    "Output size 1.44G; shares 1.44G with arguments.\n\nProgram hbm requirement 38.52G:\n"
+    "    HLO temp         38.40G (100.0% utilization)\n"
+  )
+  m = memory.parse_out_of_memory(report, arguments=0)
+  assert m.peak == int(40.48 * 2**30) and m.arguments == int(1.44 * 2**30)
+  assert m.temporaries == int(38.40 * 2**30) and m.aliased == m.outputs == int(1.44 * 2**30)
