@@ -89,7 +89,7 @@ def train(**overrides) -> ml_collections.ConfigDict:
 
 
 def data(**overrides) -> ml_collections.ConfigDict:
-  """Training data: source, latent geometry, shot bounds (fixed per job), loader threads."""
+  """Training data: source, latent geometry, shape buckets, shot bounds, loader threads."""
   base = dict(
     source="tfds",  # "synthetic" | "tfds" (ArrayRecord written by training.preprocess)
     data_dir="",  # tfds: the preprocess --out folder
@@ -98,8 +98,13 @@ def data(**overrides) -> ml_collections.ConfigDict:
     frame_choices=(241,),  # synthetic only: video frame counts drawn per sample
     latent_height=60,  # 480 x 832 video
     latent_width=104,
+    # Shape buckets in latent frames (video frames 4n-3: 21 = 81 frames, 61 = 241 frames). A clip
+    # goes to the smallest bucket that holds it, padded at the end (padding masked in the loss
+    # and attention); every global batch comes from one bucket: one compile per bucket.
+    # (): one bucket per exact latent shape, no padding.
+    buckets=(),
     max_shots=13,  # fixed per job: new cuts never recompile
-    max_shot_frames=0,  # shot bound in latent frames; 0: the dataset's longest shot, rounded to 4
+    max_shot_frames=0,  # shot bound in latent frames; 0: per bucket, its longest shot rounded to 4
     text_len=512,
     seed=0,
     num_threads=8,

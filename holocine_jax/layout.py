@@ -21,6 +21,7 @@ from flax import struct
 from holocine_jax.scene import Scene, SceneError
 
 WINDOW_BLOCK_BIAS = -1e4  # additive logit bias HoloCine puts on text outside a shot's window
+PAD_SHOT_ID = -2  # padding tokens past a layout's last shot: no shot (attention's INVALID_ID)
 
 
 class LayoutError(ValueError):
@@ -194,22 +195,30 @@ def make_batch(
   max_shots: int | None = None,
   max_shot_frames: int | None = None,
   text_len: int = 512,
+  num_frames: int | None = None,
 ) -> ShotBatch:
   """Stacks layouts (and text windows) padded to `max_shots` into a `ShotBatch`.
 
   `max_shot_frames` (default: the whole clip) is the static bound on shot length that sparse
-  attention sizes its work by; keep it fixed across batches to avoid recompiling.
+  attention sizes its work by; keep it fixed across batches to avoid recompiling. `num_frames`
+  pads every layout to that many latent frames (shape buckets): tokens past a layout's last shot
+  get PAD_SHOT_ID and belong to no shot.
   """
   if not layouts:
     raise LayoutError("make_batch needs at least one layout")
   num_tokens = {lay.num_tokens for lay in layouts}
   per_frame = {lay.tokens_per_frame for lay in layouts}
-  if len(num_tokens) != 1 or len(per_frame) != 1:
+  if (num_frames is None and len(num_tokens) != 1) or len(per_frame) != 1:
     raise LayoutError(
       f"all layouts in a batch need the same grid, got token counts {sorted(num_tokens)} and "
       f"tokens per frame {sorted(per_frame)}"
     )
-  (num_l,), (p,) = num_tokens, per_frame
+  (p,) = per_frame
+  num_l = max(num_tokens) if num_frames is None else num_frames * p
+  if max(num_tokens) > num_l:
+    raise LayoutError(
+      f"a layout has {max(num_tokens) // p} latent frames but num_frames={num_frames}"
+    )
   need = max(lay.num_shots for lay in layouts)
   n = need if max_shots is None else max_shots
   if n < need:
@@ -217,7 +226,9 @@ def make_batch(
   bounds = np.full((len(layouts), n, 2), num_l, np.int32)
   summary_idx = np.zeros((len(layouts), n * p), np.int32)
   summary_valid = np.zeros((len(layouts), n * p), bool)
+  shot_id = np.full((len(layouts), num_l), PAD_SHOT_ID, np.int32)
   for b, lay in enumerate(layouts):
+    shot_id[b, : lay.num_tokens] = lay.shot_ids()
     tb = np.asarray(lay.token_bounds, np.int32)
     bounds[b, : lay.num_shots] = np.stack([tb[:-1], tb[1:]], -1)
     summary_idx[b, : lay.num_shots * p] = lay.summary_tokens()
@@ -244,7 +255,7 @@ def make_batch(
         )
       allow[b, : lay.num_shots] = win.allow_table(text_len)
   return ShotBatch(
-    shot_id_BxL=jnp.asarray(np.stack([lay.shot_ids() for lay in layouts])),
+    shot_id_BxL=jnp.asarray(shot_id),
     shot_bounds_BxNx2=jnp.asarray(bounds),
     summary_idx_BxG=jnp.asarray(summary_idx),
     summary_valid_BxG=jnp.asarray(summary_valid),

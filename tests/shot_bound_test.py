@@ -63,17 +63,22 @@ def _tfds_dataset(path, bounds_list):
 
 def test_training_bound_comes_from_the_datasets_longest_shot(tmp_path, capsys):
   config = _tfds_dataset(tmp_path, [(0, 4, 8, 13), (0, 3, 8, 13), (0, 5, 10, 13)] * 2)
-  assert pipeline.shot_extent(config) == (5, 13)
-  assert pipeline.shot_bound(config) == 8  # 5 rounded up to 4s: not the whole 13-frame clip
-  assert "shots bounded by 8 latent frames (longest shot 5" in capsys.readouterr().out
+  assert pipeline.longest_shots(config) == [5, 5, 5] * 2
+  keys = [(13, 4, 4)] * 6
+  # 5 rounded up to 4s: not the whole 13-frame clip
+  assert pipeline.shot_bounds(config, keys) == {(13, 4, 4): 8}
   source, shapes = dataset.open_source(config.data.data_dir)
   batch = next(iter(pipeline.from_config(source, shapes, config, (0, 2))))
+  out = capsys.readouterr().out
+  assert (
+    "bucket 13x4x4 latents: 6 samples (0 padded), 3 batches per epoch, shots bounded by 8" in out
+  )
   assert batch["shots"].max_shot_frames == 8
   config.data.max_shot_frames = 12  # an explicit bound overrides
-  assert pipeline.shot_bound(config) == 12
+  assert pipeline.shot_bounds(config, keys) == {(13, 4, 4): 12}
   config.data.max_shot_frames = 4
   with pytest.raises(ValueError, match=r"data.max_shot_frames=4 but the dataset has a shot of 5"):
-    pipeline.shot_bound(config)
+    pipeline.shot_bounds(config, keys)
 
 
 def test_training_bound_on_a_dataset_without_shot_lengths(tmp_path):
@@ -84,19 +89,21 @@ def test_training_bound_on_a_dataset_without_shot_lengths(tmp_path):
   del metadata[dataset.SHOTS_KEY]  # as written before HoloCineShots 1.1.0
   with open(meta_path, "w") as f:
     json.dump(metadata, f)
+  keys = [(13, 4, 4)] * 2
   with pytest.raises(ValueError, match="without shot lengths.*set data.max_shot_frames"):
-    pipeline.shot_bound(config)
+    pipeline.shot_bounds(config, keys)
   config.data.max_shot_frames = 6
-  assert pipeline.shot_bound(config) == 6
+  assert pipeline.shot_bounds(config, keys) == {(13, 4, 4): 6}
 
 
 def test_synthetic_bound_scans_every_sample():
   config = tiny.get_config("samples=64")
   config.data.update(frame_choices=(41,), max_shots=6, max_shot_frames=0)
   source = synthetic.SyntheticSource.from_config(config.data, config.model)
-  longest = max(max(np.diff(source.scene(i)[0].latent_bounds())) for i in range(64))
-  assert pipeline.shot_extent(config) == (longest, 11)
-  assert pipeline.shot_bound(config) == records.round_shot_bound(longest, 11)
+  longest = [max(np.diff(source.scene(i)[0].latent_bounds())) for i in range(64)]
+  assert pipeline.longest_shots(config) == longest
+  keys = [(11, 8, 8)] * 64
+  assert pipeline.shot_bounds(config, keys) == {keys[0]: records.round_shot_bound(max(longest), 11)}
   config.data.max_shot_frames = -1
   with pytest.raises(ValueError, match="data.max_shot_frames must be >= 0"):
-    pipeline.shot_bound(config)
+    pipeline.shot_bounds(config, keys)

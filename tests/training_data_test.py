@@ -24,6 +24,10 @@ def _collate():
   )
 
 
+def _bucket_collate(samples, key):
+  return _collate()(samples, num_frames=key[0])
+
+
 def test_synthetic_record_matches_its_captions():
   source = _source()
   a, b = source[5], source[5]
@@ -54,12 +58,12 @@ def test_buckets_one_shape_per_batch_and_each_sample_once_per_epoch():
   source = _source()
   shapes = [source.latent_shape(i) for i in range(len(source))]
   plan = pipeline.BucketPlan(shapes, 4, seed=0)
-  epoch = plan.epoch(0)
-  assert epoch.shape == (plan.batches_per_epoch, 4)
+  bucket, epoch = plan.epoch(0)
+  assert epoch.shape == (plan.batches_per_epoch, 4) and bucket.shape == (plan.batches_per_epoch,)
   assert len(set(epoch.ravel())) == epoch.size
-  for batch in epoch:
-    assert len({shapes[i] for i in batch}) == 1
-  assert not np.array_equal(plan.epoch(1), epoch)
+  for k, batch in zip(bucket, epoch, strict=True):
+    assert {shapes[i] for i in batch} == {plan.keys[k]}
+  assert not np.array_equal(plan.epoch(1)[1], epoch)
   assert set(map(tuple, shapes)) == {(4, 8, 8), (5, 8, 8)}
 
 
@@ -67,19 +71,19 @@ def test_hosts_see_disjoint_rows_and_state_round_trips():
   source = _source()
   plan = pipeline.BucketPlan([source.latent_shape(i) for i in range(len(source))], 4, seed=0)
   options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2)
-  host0 = iter(pipeline.dataset(source, plan, (0, 2), _collate(), options))
-  host1 = iter(pipeline.dataset(source, plan, (2, 4), _collate(), options))
+  host0 = iter(pipeline.dataset(source, plan, (0, 2), _bucket_collate, options))
+  host1 = iter(pipeline.dataset(source, plan, (2, 4), _bucket_collate, options))
   seen0, seen1 = set(), set()
   for i in range(plan.batches_per_epoch):
     b0, b1 = next(host0), next(host1)
     assert b0["latents"].shape == b1["latents"].shape  # same bucket on every host
-    np.testing.assert_array_equal(np.concatenate([b0["index"], b1["index"]]), plan.batch(i))
+    np.testing.assert_array_equal(np.concatenate([b0["index"], b1["index"]]), plan.batch(i)[1])
     seen0.update(b0["index"].tolist())
     seen1.update(b1["index"].tolist())
   assert not seen0 & seen1
   state = host0.get_state()
   after = [next(host0)["index"] for _ in range(3)]
-  fresh = iter(pipeline.dataset(source, plan, (0, 2), _collate(), options))
+  fresh = iter(pipeline.dataset(source, plan, (0, 2), _bucket_collate, options))
   fresh.set_state(state)
   for want in after:
     np.testing.assert_array_equal(next(fresh)["index"], want)
@@ -95,6 +99,7 @@ def test_collate_pads_shots_and_text_and_rejects_mixed_shapes():
   assert batch["context"].shape == (2, 32, 24)
   assert batch["shots"].shot_bounds_BxNx2.shape == (2, 3, 2)
   assert batch["shots"].text_allow_BxNxT.shape == (2, 3, 32)
+  assert batch["frame_mask"].shape == (2, 5) and batch["frame_mask"].all()
   n = source[i5[0]]["context"].shape[0]
   assert not batch["context"][0, n:].any()
   with pytest.raises(layout.LayoutError, match="one latent shape"):

@@ -16,15 +16,17 @@ from jax.sharding import PartitionSpec as P
 
 from holocine_jax import sharding
 
-MODEL_INPUTS = ("latents", "context", "shots")
+MODEL_INPUTS = ("latents", "context", "shots", "frame_mask")
 
 
 def logical_specs(batch):
-  """Logical PartitionSpecs for a batch {latents, context, shots}: batch, and tokens on context."""
+  """Logical PartitionSpecs for a batch {latents, context, shots, frame_mask}: batch, and tokens
+  on context."""
   shots = batch["shots"]
   return dict(
     latents=P("act_batch", "act_frames", "act_height", "act_width", "act_channels"),
     context=P("act_batch", "act_text", "act_embed"),
+    frame_mask=P("act_batch", "act_frames"),
     shots=shots.replace(
       shot_id_BxL=P("act_batch", "act_length"),
       shot_bounds_BxNx2=P("act_batch"),

@@ -103,7 +103,7 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
     progress_bar=train_cfg.progress_bar,
   )
   losses: dict[int, float] = {}
-  step_fn = None
+  step_fns = {}  # one jitted step per batch structure (shot bound): one compile per bucket
   pending = None
   preempted = False
 
@@ -123,9 +123,10 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
     with checkpoint.SigtermFlag() as sigterm:
       for done in range(start + 1, train_cfg.num_steps + 1):
         host_batch = next(iterator)
-        if step_fn is None:
-          batch_shardings = global_batch.shardings(host_batch, mesh, rules)
-          step_fn = step_lib.make_train_step(
+        batch_shardings = global_batch.shardings(host_batch, mesh, rules)
+        bucket = jax.tree.structure(batch_shardings)  # carries the bucket's static shot bound
+        if bucket not in step_fns:
+          step_fns[bucket] = step_lib.make_train_step(
             model,
             tx,
             schedule,
@@ -137,7 +138,7 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
             batch_shardings=batch_shardings,
           )
         batch = global_batch.to_global(host_batch, batch_shardings, train_cfg.global_batch, rows)
-        train_state, device_metrics = step_fn(train_state, batch)
+        train_state, device_metrics = step_fns[bucket](train_state, batch)
         if pending is not None:
           report(*pending)
         pending = (done, device_metrics)

@@ -4,10 +4,12 @@ x_s = (1 - s) x0 + s noise, the DiT predicts the velocity noise - x0 at timestep
 draws u ~ U[0, 1) and uses the shifted s = shift u / (1 + (shift - 1) u), the schedule the sampler
 walks. Wan2.2's two experts split the timesteps at boundary * 1000 (0.875: high-noise expert at
 t >= 875); an expert trains only on its own range, by drawing u from the pre-image of that range.
+Clips padded to a shape bucket are scored on their real frames only.
 Legend: B batch, F latent frames, H/W latent height/width, C channels.
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -55,16 +57,32 @@ class FlowMatching:
     return jnp.clip(schedulers.shift_sigmas(u_B, self.shift), self.sigma_lo, self.sigma_hi)
 
 
+def frame_noise(key, shape):
+  """Standard normal noise [B, F, ...] drawn frame by frame (key folded with the frame index), so
+  a frame's noise does not depend on how many frames follow it (a clip padded to a bucket sees
+  the noise of the clip alone)."""
+  b, f, *rest = shape
+  noise_FxBxHxWxC = jax.vmap(
+    lambda i: jax.random.normal(jax.random.fold_in(key, i), (b, *rest), jnp.float32)
+  )(jnp.arange(f))
+  return jnp.moveaxis(noise_FxBxHxWxC, 0, 1)
+
+
 def flow_matching_loss(apply_fn, params, batch, key, fm: FlowMatching):
-  """(mean squared velocity error in fp32, aux metrics) for one batch."""
+  """(mean squared velocity error in fp32 over the real latent frames, aux metrics) for one
+  batch. `batch["frame_mask"]` [B, F] marks real frames (absent: all are); padding frames add
+  nothing to the loss or its gradient."""
   x0_BxFxHxWxC = batch["latents"].astype(jnp.float32)
-  b = x0_BxFxHxWxC.shape[0]
+  b, f = x0_BxFxHxWxC.shape[:2]
   key_s, key_n = jax.random.split(key)
   s_B = fm.sample_sigma(key_s, b)
-  noise_BxFxHxWxC = jax.random.normal(key_n, x0_BxFxHxWxC.shape, jnp.float32)
+  noise_BxFxHxWxC = frame_noise(key_n, x0_BxFxHxWxC.shape)
   s_Bx1 = s_B.reshape(b, 1, 1, 1, 1)
   xt_BxFxHxWxC = (1 - s_Bx1) * x0_BxFxHxWxC + s_Bx1 * noise_BxFxHxWxC
   target_BxFxHxWxC = noise_BxFxHxWxC - x0_BxFxHxWxC
   pred_BxFxHxWxC = apply_fn(params, xt_BxFxHxWxC, 1000.0 * s_B, batch["context"], batch["shots"])
-  loss = jnp.mean(jnp.square(pred_BxFxHxWxC.astype(jnp.float32) - target_BxFxHxWxC))
+  err_BxFxHxWxC = jnp.square(pred_BxFxHxWxC.astype(jnp.float32) - target_BxFxHxWxC)
+  mask_BxF = batch.get("frame_mask", jnp.ones((b, f), bool))
+  total = jnp.sum(jnp.where(mask_BxF[:, :, None, None, None], err_BxFxHxWxC, 0.0))
+  loss = total / (jnp.sum(mask_BxF) * math.prod(x0_BxFxHxWxC.shape[2:]))
   return loss, dict(timestep=jnp.mean(1000.0 * s_B))

@@ -1,12 +1,14 @@
 """The grain input pipeline: shape buckets, per-epoch shuffling, per-host rows, host batches.
 
-Samples are bucketed by latent shape (equal token counts batch without padding); each epoch
-shuffles every bucket, cuts it into global batches (dropping the remainder), and shuffles the
-batch order. Element i of the pipeline is global batch i, a pure function of (seed, i): each host
-reads only its rows of it, every host sees the same bucket (same shapes) at the same step, and
-the iterator state is just a position, so checkpoints restore the exact stream. The static shot
-bound every batch is padded to comes from dataset-wide information (`shot_bound`), so it agrees
-across hosts and steps.
+A sample's bucket is its latent shape (F, H, W), or with `data.buckets` (latent frame counts)
+the smallest bucket length >= F at the same H, W: shorter clips are padded at the end with zero
+latents whose tokens belong to no shot and whose frames `frame_mask` keeps out of the loss. Each
+epoch shuffles every bucket, cuts it into global batches (dropping the remainder), and shuffles
+the batch order. Element i of the pipeline is global batch i, a pure function of (seed, i) and
+the dataset-wide bucket of every sample: each host reads only its rows of it, every host sees the
+same bucket (same shapes: one compile per bucket) at the same step, and the iterator state is
+just a position, so checkpoints restore the exact stream. Each bucket's static shot bound comes
+from the longest shot of its samples (`shot_bounds`), dataset-wide as well.
 """
 
 import functools
@@ -16,117 +18,183 @@ import grain
 import jax
 import numpy as np
 
+from holocine_jax import attention
 from holocine_jax.training import records, synthetic
+
+Bucket = tuple[int, int, int]  # (latent frames, latent height, latent width)
+
+# (self_attention, implementation) pairs whose real tokens never see padding tokens. The packed
+# and kernel paths and full attention do not mask layout.PAD_SHOT_ID tokens yet.
+PADDING_SAFE_ATTENTION = (("sparse", "reference"),)
+
+
+def bucket_keys(shapes: Sequence[tuple[int, ...]], buckets: Sequence[int]) -> list[Bucket]:
+  """Every sample's bucket: its latent shape, or the smallest of `buckets` (latent frames) that
+  holds it at its height and width."""
+  shapes = [tuple(int(x) for x in s[:3]) for s in shapes]
+  if not buckets:
+    return shapes
+  if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in buckets):
+    raise ValueError(f"data.buckets must be latent frame counts >= 1, got {tuple(buckets)}")
+  lengths = np.sort(np.asarray(buckets, np.int64))
+  frames = np.asarray([s[0] for s in shapes], np.int64)
+  slot = np.searchsorted(lengths, frames)
+  if len(frames) and slot.max() == len(lengths):
+    over = frames[slot == len(lengths)]
+    raise ValueError(
+      f"{len(over)} samples are longer than the largest bucket of data.buckets={tuple(buckets)} "
+      f"(up to {over.max()} latent frames); add a bucket that holds them"
+    )
+  return [(int(lengths[i]), h, w) for i, (_, h, w) in zip(slot, shapes, strict=True)]
 
 
 class BucketPlan:
-  """Global batches of sample indices, shape-bucketed and reshuffled every epoch."""
+  """Global batches of sample indices, one bucket per batch, reshuffled every epoch."""
 
-  def __init__(self, shapes: Sequence[tuple[int, ...]], global_batch: int, seed: int):
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, shape in enumerate(shapes):
-      by_shape.setdefault(tuple(shape), []).append(i)
-    self.buckets = [np.asarray(v, np.int64) for _, v in sorted(by_shape.items())]
+  def __init__(self, keys: Sequence[Bucket], global_batch: int, seed: int):
+    by_key: dict[Bucket, list[int]] = {}
+    for i, key in enumerate(keys):
+      by_key.setdefault(tuple(key), []).append(i)
+    self.keys = sorted(by_key)
+    self.buckets = [np.asarray(by_key[k], np.int64) for k in self.keys]
     self.global_batch, self.seed = global_batch, seed
     self.batches_per_epoch = sum(len(b) // global_batch for b in self.buckets)
     if self.batches_per_epoch == 0:
-      sizes = {k: len(v) for k, v in sorted(by_shape.items())}
+      sizes = {k: len(v) for k, v in sorted(by_key.items())}
       raise ValueError(
         f"no bucket holds a full global batch of {global_batch}; bucket sizes {sizes}"
       )
 
   @functools.lru_cache(maxsize=2)  # noqa: B019 (a plan lives as long as its pipeline)
-  def epoch(self, epoch: int) -> np.ndarray:
-    """[batches_per_epoch, global_batch] sample indices of one epoch."""
+  def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket [N] (index into `keys`), sample indices [N, global_batch]) of one epoch's N
+    batches."""
     rng = np.random.default_rng([self.seed, epoch])
-    batches = []
-    for bucket in self.buckets:
+    bucket_N, batches = [], []
+    for k, bucket in enumerate(self.buckets):
       perm = rng.permutation(bucket)
       n = len(perm) // self.global_batch
+      bucket_N.append(np.full(n, k, np.int64))
       batches.append(perm[: n * self.global_batch].reshape(n, self.global_batch))
-    batches = np.concatenate(batches)
-    return batches[rng.permutation(len(batches))]
+    order = rng.permutation(self.batches_per_epoch)
+    return np.concatenate(bucket_N)[order], np.concatenate(batches)[order]
 
-  def batch(self, i: int) -> np.ndarray:
+  def batch(self, i: int) -> tuple[Bucket, np.ndarray]:
+    """(bucket, sample indices [global_batch]) of global batch i."""
     epoch, j = divmod(i, self.batches_per_epoch)
-    return self.epoch(epoch)[j]
+    bucket_N, indices_NxG = self.epoch(epoch)
+    return self.keys[bucket_N[j]], indices_NxG[j]
 
 
 def dataset(
   source,
   plan: BucketPlan,
   rows: tuple[int, int],
-  collate: Callable[[list[dict]], dict],
+  collate: Callable[[list[dict], Bucket], dict],
   read_options: grain.ReadOptions | None = None,
 ) -> grain.IterDataset:
-  """Endless iterable of this host's batches: rows [lo, hi) of every global batch, collated."""
+  """Endless iterable of this host's batches: rows [lo, hi) of every global batch, collated into
+  the batch's bucket."""
   lo, hi = rows
 
   def load(i: int, _) -> dict:
-    indices = plan.batch(i)[lo:hi]
-    batch = collate([source[int(k)] for k in indices])
-    batch["index"] = indices
+    key, indices = plan.batch(i)
+    batch = collate([source[int(k)] for k in indices[lo:hi]], key)
+    batch["index"] = indices[lo:hi]
     return batch
 
   ds = grain.MapDataset.range(plan.batches_per_epoch).repeat(None).map_with_index(load)
   return ds.to_iter_dataset(read_options)
 
 
-def shot_extent(config) -> tuple[int, int] | None:
-  """(longest shot, longest clip) in latent frames over the dataset `config.data` names (None: a
+def longest_shots(config) -> list[int] | None:
+  """Every sample's longest shot in latent frames over the dataset `config.data` names (None: a
   tfds dataset written without shot lengths)."""
   data = config.data
   if data.source == "synthetic":
-    return synthetic.SyntheticSource.from_config(data, config.model).shot_extent()
+    return synthetic.SyntheticSource.from_config(data, config.model).longest_shots()
   if data.source == "tfds":
-    from holocine_jax.training import dataset
+    import tensorflow_datasets as tfds
 
-    return dataset.shot_extent(data.data_dir, data.split)
+    from holocine_jax.training import dataset as dataset_lib
+
+    metadata = tfds.builder_from_directory(dataset_lib.version_dir(data.data_dir)).info.metadata
+    if dataset_lib.SHOTS_KEY not in metadata:
+      return None
+    return list(metadata[dataset_lib.SHOTS_KEY][data.split])
   raise ValueError(f"data.source must be 'synthetic' or 'tfds', got {data.source!r}")
 
 
-def shot_bound(config) -> int:
-  """The training job's static shot bound in latent frames, equal on every host: an explicit
-  `data.max_shot_frames` (checked against the dataset), or with 0 the dataset's longest shot
-  through `records.round_shot_bound`."""
+def shot_bounds(config, keys: Sequence[Bucket]) -> dict[Bucket, int]:
+  """Each bucket's static shot bound in latent frames, equal on every host: an explicit
+  `data.max_shot_frames` (checked against the dataset), or with 0 the longest shot of the
+  bucket's samples through `records.round_shot_bound`."""
   requested = config.data.max_shot_frames
   if requested < 0:
     raise ValueError(
       f"data.max_shot_frames must be >= 0 (0: derive from the data), got {requested}"
     )
-  extent = shot_extent(config)
-  if requested == 0:
-    if extent is None:
+  longest = longest_shots(config)
+  if longest is None:
+    if requested == 0:
       raise ValueError(
         f"data.max_shot_frames=0 derives the bound from the dataset, but {config.data.data_dir!r} "
         "was written without shot lengths (before HoloCineShots 1.1.0); rebuild it with "
         "holocine_jax.training.preprocess or set data.max_shot_frames"
       )
-    bound = records.round_shot_bound(*extent)
-    if jax.process_index() == 0:
-      print(
-        f"data.max_shot_frames=0: shots bounded by {bound} latent frames (longest shot "
-        f"{extent[0]}, longest clip {extent[1]})",
-        flush=True,
-      )
-    return bound
-  if extent is not None and extent[0] > requested:
+    return dict.fromkeys(keys, requested)
+  if len(longest) != len(keys):
+    raise ValueError(f"{len(longest)} shot lengths for {len(keys)} samples")
+  per_bucket: dict[Bucket, int] = {}
+  for key, n in zip(keys, longest, strict=True):
+    per_bucket[key] = max(per_bucket.get(key, 0), int(n))
+  if requested == 0:
+    return {k: records.round_shot_bound(n, k[0]) for k, n in per_bucket.items()}
+  if max(longest) > requested:
     raise ValueError(
-      f"data.max_shot_frames={requested} but the dataset has a shot of {extent[0]} latent frames; "
-      "raise it, or set 0 to derive it from the data"
+      f"data.max_shot_frames={requested} but the dataset has a shot of {max(longest)} latent "
+      "frames; raise it, or set 0 to derive it from the data"
     )
-  return requested
+  return dict.fromkeys(per_bucket, requested)
+
+
+def check_padding(model, padded: int) -> None:
+  """Refuses padded buckets on attention that would let real tokens see padding tokens."""
+  path = (model.self_attention, attention.resolve_impl(model.attention_impl))
+  if padded and path not in PADDING_SAFE_ATTENTION:
+    raise ValueError(
+      f"{padded} samples are shorter than their bucket in data.buckets and would be padded, but "
+      f"self_attention={path[0]!r} with attention_impl={path[1]!r} does not mask padding tokens "
+      f"yet (masked: {PADDING_SAFE_ATTENTION}); use buckets equal to the clip lengths (no "
+      "padding) or data.buckets=() for exact shapes"
+    )
+
+
+def _collate_bucket(samples: list[dict], key: Bucket, *, bounds: dict[Bucket, int], **kwargs):
+  return records.collate(samples, max_shot_frames=bounds[key], num_frames=key[0], **kwargs)
 
 
 def from_config(source, shapes, config, rows: tuple[int, int]) -> grain.IterDataset:
   """The training pipeline for a source with known per-sample latent shapes."""
   data, model = config.data, config.model
-  plan = BucketPlan(shapes, config.train.global_batch, data.seed)
+  keys = bucket_keys(shapes, data.buckets)
+  plan = BucketPlan(keys, config.train.global_batch, data.seed)
+  padded = [s[0] < k[0] for s, k in zip(shapes, keys, strict=True)]
+  check_padding(model, sum(padded))
+  bounds = shot_bounds(config, keys)
+  if jax.process_index() == 0:
+    for key, bucket in zip(plan.keys, plan.buckets, strict=True):
+      print(
+        f"bucket {'x'.join(map(str, key))} latents: {len(bucket)} samples "
+        f"({sum(padded[i] for i in bucket)} padded), {len(bucket) // plan.global_batch} batches "
+        f"per epoch, shots bounded by {bounds[key]} latent frames",
+        flush=True,
+      )
   collate = functools.partial(
-    records.collate,
+    _collate_bucket,
+    bounds=bounds,
     patch=model.patch_size,
     max_shots=data.max_shots,
-    max_shot_frames=shot_bound(config),
     text_len=data.text_len,
   )
   options = grain.ReadOptions(num_threads=data.num_threads, prefetch_buffer_size=data.prefetch)

@@ -65,19 +65,30 @@ def _shape_mask(name: str, dy_HxW, dx_HxW) -> np.ndarray:
   return (np.abs(dy_HxW) <= 0.5) & (np.abs(dx_HxW) <= 3)
 
 
-def _draw_shot(rng, colour, shape, motion, bg_C, frames: int, height: int, width: int):
-  """[frames, H, W, C] latents of one shape moving on a torus over a constant background."""
-  colour_C = word_vector(colour, bg_C.shape[0])
+def background_vector(background: str, channels: int) -> np.ndarray:
+  """[C] latent of a scene's background."""
+  return 0.3 * word_vector(background, channels)
+
+
+def shot_masks(shape: str, motion: str, cy, cx, frames: int, height: int, width: int):
+  """bool [frames, ..., H, W]: where `shape` covers each frame as it moves on the torus from
+  centre (cy, cx) (floats, or arrays that broadcast against [H, W] for many centres at once)."""
   vy, vx = MOTIONS[motion]
-  cy, cx = rng.uniform(0, height), rng.uniform(0, width)
   y_H, x_W = np.arange(height)[:, None], np.arange(width)[None, :]
-  out = np.empty((frames, height, width, bg_C.shape[0]), np.float32)
+  masks = []
   for t in range(frames):
     dy = (y_H - cy - vy * t + height / 2) % height - height / 2
     dx = (x_W - cx - vx * t + width / 2) % width - width / 2
-    mask_HxW = _shape_mask(shape, dy, dx)
-    out[t] = bg_C + mask_HxW[..., None] * colour_C
-  return out
+    masks.append(_shape_mask(shape, dy, dx))
+  return np.stack(masks)
+
+
+def _draw_shot(rng, colour, shape, motion, bg_C, frames: int, height: int, width: int):
+  """[frames, H, W, C] latents of one shape moving on a torus over a constant background."""
+  colour_C = word_vector(colour, bg_C.shape[0])
+  cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+  mask_FxHxW = shot_masks(shape, motion, cy, cx, frames, height, width)
+  return bg_C + mask_FxHxW[..., None] * colour_C
 
 
 class SyntheticSource:
@@ -136,12 +147,9 @@ class SyntheticSource:
     num_frames, cuts_latent = self._draw_cuts(np.random.default_rng([self.seed, index]))
     return (0, *map(int, cuts_latent), scene_lib.num_latent_frames(num_frames))
 
-  def shot_extent(self) -> tuple[int, int]:
-    """(longest shot, longest clip) in latent frames over every sample of the dataset."""
-    if not self.num_samples:
-      raise ValueError("a synthetic dataset of num_samples=0 has no shots")
-    bounds = [self.latent_bounds(i) for i in range(self.num_samples)]
-    return max(int(np.diff(b).max()) for b in bounds), max(b[-1] for b in bounds)
+  def longest_shots(self) -> list[int]:
+    """Every sample's longest shot in latent frames (cheap: no drawing)."""
+    return [int(np.diff(self.latent_bounds(i)).max()) for i in range(self.num_samples)]
 
   def scene(self, index: int) -> tuple[scene_lib.Scene, list[tuple[str, str, str]], str]:
     """The Scene of sample `index`, its per-shot (colour, shape, motion) and background."""
@@ -163,7 +171,7 @@ class SyntheticSource:
   def __getitem__(self, index: int) -> dict:
     scene, shots, bg = self.scene(index)
     rng = np.random.default_rng([self.seed, index, 1])
-    bg_C = 0.3 * word_vector(bg, self.channels)
+    bg_C = background_vector(bg, self.channels)
     bounds = scene.latent_bounds()
     latents = np.concatenate(
       [
