@@ -43,7 +43,9 @@ def parse_args(argv=None):
   p.add_argument("--batch", type=int, default=0, help="scenes, or train global batch (0: config)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
   p.add_argument("--fit", type=float, default=0.8, help="fits: peak <= this fraction of HBM")
-  p.add_argument("--search_layers", type=int, default=2, help="mesh search depths: N and 2N")
+  p.add_argument(
+    "--search_layers", type=int, default=2, help="mesh search depths: N and 2N (0: full)"
+  )
   p.add_argument("--max_candidates", type=int, default=8, help="meshes the search may compile")
   p.add_argument("--json", action="store_true", help="print one JSON object")
   return p.parse_args(argv)

@@ -99,6 +99,9 @@ def build(config, request: Request, mesh, num_layers: int | None = None) -> Prog
 
 
 def _abstract(tree, shardings):
+  """ShapeDtypeStructs of `tree` placed by a matching tree of shardings, or one for every leaf."""
+  if isinstance(shardings, jax.sharding.Sharding):
+    shardings = jax.tree.map(lambda _: shardings, tree)
   return jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
   )
@@ -186,17 +189,16 @@ def _sample(config, request, mesh, rules, b, num_layers):
     (b // 2, grid.frames, grid.height, grid.width, model_config.in_channels), jnp.float32
   )
   latents = jax.eval_shape(sampler.schedule.init, noise)
-  context = jax.ShapeDtypeStruct((b, blocks.text_len, model_config.text_dim), jnp.bfloat16)
+  text_dtype = jnp.bfloat16  # what umT5 returns
+  context = jax.ShapeDtypeStruct((b, blocks.text_len, model_config.text_dim), text_dtype)
   scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)
   args = (
     {"params": _restored("dit", model_config, mesh, rules)},
-    jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), sampler.schedule
-    ),
-    jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch), latents),
-    jax.ShapeDtypeStruct(context.shape, context.dtype, sharding=batch),
-    jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch), shots),
-    scalar(jnp.int32),
+    _abstract(sampler.schedule, replicated),
+    _abstract(latents, batch),
+    _abstract(context, batch),
+    _abstract(shots, batch),
+    scalar(jnp.int32),  # start, stop, guidance
     scalar(jnp.int32),
     scalar(jnp.float32),
   )

@@ -5,7 +5,8 @@ allow are tried in order of expected throughput (fewest context x tensor splits,
 tensor, FSDP before data parallelism). Each is compiled at two reduced depths and its peak per
 chip extrapolated linearly to the full depth; the first predicted to fit is confirmed at full
 depth (on failure the search goes on). When none is predicted to fit, the smallest predicted
-peak is compiled at full depth and reported as not fitting.
+peak is compiled at full depth and reported as not fitting. With `search_layers=0` candidates
+are compiled at full depth directly (with scanned layers compile time hardly depends on depth).
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def _search(config, request, measure, num_chips, limit, search_layers, max_candi
     yield from options
     return
   full = programs.full_depth(config, request)
-  depths = (search_layers, 2 * search_layers) if full and 2 * search_layers < full else None
+  depths = (search_layers, 2 * search_layers) if full and 0 < 2 * search_layers < full else None
   best, yielded = None, False
   for sizes in options:
     log(f"trying mesh {sizes}" + (f" at depths {depths}" if depths else ""))
