@@ -3,7 +3,9 @@
 Pure numpy on the host: a `ShotLayout` (one scene on one latent grid) and `TextWindows` (token
 ranges of the captions) become a `ShotBatch`, a pytree of fixed-shape arrays that the masks and
 kernels read. Elements of a batch may have different cuts and shot counts at the same shapes:
-shots are padded to `max_shots`, so a new set of cuts never changes an array shape.
+shots are padded to `max_shots`, so a new set of cuts never changes an array shape. Clips of
+different lengths share a batch when padded to `num_frames` (training shape buckets): tokens past
+a clip's last shot have shot id PAD_SHOT_ID and no real token may attend to them.
 
 Legend: B batch, L video tokens, N shots (padded), G summary slots = N * P, P tokens per latent
 frame, T text tokens.
