@@ -1,0 +1,89 @@
+"""The toy task: the synthetic-shot classifier, and train -> sample -> evaluate with controls."""
+
+import numpy as np
+import pytest
+
+from holocine_jax.evaluation import toy
+from holocine_jax.sampling import generator, video_io
+from holocine_jax.training import synthetic
+
+
+def rendered(index: int, seed: int = 3, mp4: str | None = None):
+  """(uint8 preview frames, Scene) of synthetic sample `index` at configs/tiny.py's geometry."""
+  source = synthetic.SyntheticSource(
+    num_samples=64,
+    frame_choices=(13, 17),
+    height=8,
+    width=8,
+    channels=toy.CHANNELS,
+    text_dim=24,
+    max_shots=3,
+    seed=seed,
+  )
+  scene, _, _ = source.scene(index)
+  latents = source[index]["latents"][None]
+  frames = np.asarray(generator.latent_preview(latents, scene.num_frames, 64, 64))[0]
+  if mp4:
+    video_io.write_mp4(mp4, frames)
+    frames, _ = video_io.read_mp4(mp4)
+  return frames, scene
+
+
+def split(frames, scene):
+  bounds = (0, *scene.cut_frames, scene.num_frames)
+  return [frames[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def visible_cuts(scene) -> list[int]:
+  """The requested cuts between shots that differ in colour or shape."""
+  shots = [toy.parse_shot(c)[:2] for c in scene.shot_captions]
+  return [c for c, a, b in zip(scene.cut_frames, shots, shots[1:], strict=False) if a != b]
+
+
+def test_scorer_recognises_every_generated_shot(tmp_path):
+  scorer = toy.ToyScorer()
+  for i in range(24):
+    frames, scene = rendered(i, mp4=str(tmp_path / "v.mp4") if i % 4 == 0 else None)
+    scores = scorer(split(frames, scene), scene.shot_captions, scene.global_caption)
+    assert all(scores[k] == 1.0 for k in scores if k != "sca"), (i, scene, scores)
+    assert toy.detect_cuts(frames) == visible_cuts(scene), (i, scene)
+    assert (scores["sca"] == 1.0) == (visible_cuts(scene) == list(scene.cut_frames))
+
+
+def test_scorer_counts_what_a_shot_misses():
+  frames, scene = rendered(16)
+  assert scene.cut_frames == (5, 9) and scene.num_frames == 17  # shots of 2, 1, 2 latent frames
+  assert scene.shot_captions == (
+    "a purple disc moving up",
+    "a blue bar moving right",
+    "a white bar moving up",
+  )
+  assert toy.parse_shot(scene.shot_captions[0]) == (5, 1, 2)
+  wrong = ["a red square moving left", "a green disc standing still", "a yellow square moving down"]
+  scores = toy.ToyScorer()(split(frames, scene), wrong, "Moving shapes on a dark background.")
+  assert scores == dict(
+    colour=0.0, shape=0.0, motion=0.0, background=0.0, adherence=0.0, sca=1.0
+  )  # the cuts are where the request put them, whatever the captions say
+  half = [scene.shot_captions[0], "a blue disc moving left", "a white square moving up"]
+  scores = toy.ToyScorer()(split(frames, scene), half, scene.global_caption)
+  assert scores["colour"] == 1.0 and scores["shape"] == 1 / 3 and scores["motion"] == 1.0
+  assert np.isclose(scores["adherence"], (1 + 1 / 2 + 2 / 3) / 3)  # shot 1 shows no motion
+
+
+def test_scorer_is_near_chance_on_noise():
+  rng = np.random.default_rng(0)
+  scorer, scores = toy.ToyScorer(), []
+  for scene in toy.scenes(12):
+    frames = rng.integers(0, 256, (scene["num_frames"], 64, 64, 3), dtype=np.uint8)
+    bounds = (0, *scene["cut_frames"], scene["num_frames"])
+    shots = [frames[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    scores.append(scorer(shots, scene["shot_captions"], scene["global_caption"]))
+  assert np.mean([s["adherence"] for s in scores]) < 0.45
+  assert np.mean([s["sca"] for s in scores]) < 0.7  # a new shot at every latent frame
+
+
+def test_captions_must_name_one_attribute_each():
+  with pytest.raises(ValueError, match="exactly one of"):
+    toy.parse_shot("a red blue disc moving left")
+  with pytest.raises(ValueError, match="exactly one of"):
+    toy.parse_shot("a red disc")
