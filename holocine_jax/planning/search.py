@@ -96,7 +96,10 @@ def _measurer(config, request, devices):
   def measure(sizes, num_layers=None):
     key = (tuple(sizes.values()), num_layers)
     if key not in cache:
-      mesh = sharding.make_mesh(sizes, devices=devices)
+      try:
+        mesh = sharding.make_mesh(sizes, devices=devices)
+      except NotImplementedError as e:  # jax finds no layout of the axes on the torus
+        raise PlanError(f"mesh {sizes} does not map onto the slice's chip grid: {e}") from None
       program = programs.build(config, request, mesh, num_layers)
       cache[key] = memory.compile_program(program, mesh, config.logical_rules), program
     return cache[key]
@@ -152,8 +155,10 @@ def plan(
 
 def _search(config, request, measure, num_chips, limit, search_layers, max_candidates, result, log):
   """Meshes to compile at full depth, lazily: each candidate predicted to fit, in order, then
-  (if none was) the smallest predicted peak. Sets result.error when nothing compiles."""
-  options = candidates(config, request, num_chips)[:max_candidates]
+  (if none was) the smallest predicted peak. Sets result.error when nothing compiles. Once a
+  (context, tensor) split is predicted not to fit, its splits with more data parallelism (which
+  replicate more) are skipped; at most `max_candidates` meshes are compiled."""
+  options = candidates(config, request, num_chips)
   if not options:
     result.error = f"no mesh of {num_chips} chips divides the job's batch, heads and tokens"
   if len(options) <= 1:
@@ -161,8 +166,13 @@ def _search(config, request, measure, num_chips, limit, search_layers, max_candi
     return
   full = programs.full_depth(config, request)
   depths = (search_layers, 2 * search_layers) if full and 0 < 2 * search_layers < full else None
-  best, yielded = None, False
+  best, yielded, too_big = None, False, set()
   for sizes in options:
+    split = (sizes["context"], sizes["tensor"])
+    if split in too_big:
+      continue
+    if len(result.search) == max_candidates:
+      break
     log(f"trying mesh {sizes}" + (f" at depths {depths}" if depths else ""))
     try:
       runs = [measure(sizes, d)[0] for d in depths or (None,)]
@@ -170,16 +180,23 @@ def _search(config, request, measure, num_chips, limit, search_layers, max_candi
       if depths:
         a, b = (run.memory.peak for run in runs)
         predicted = b + (b - a) / (depths[1] - depths[0]) * (full - depths[1])
+    except PlanError as e:  # a mesh the slice's torus cannot hold: not a compile
+      log(f"  skipped: {e}".splitlines()[0])
+      continue
     except Exception as e:  # noqa: BLE001 (a candidate the compiler rejects is skipped)
       result.search.append(dict(mesh=sizes, error=f"{type(e).__name__}: {e}".splitlines()[0]))
+      log(f"  skipped: {result.search[-1]['error']}")
       continue
     seconds = round(sum(run.compile_s for run in runs), 1)
     result.search.append(dict(mesh=sizes, predicted_peak=int(predicted), compile_s=seconds))
+    log(f"  predicted peak {predicted / 2**30:.1f} GiB per chip (limit {limit / 2**30:.1f})")
     if best is None or predicted < best[0]:
       best = (predicted, sizes)
     if predicted <= limit:
       yielded = True
       yield sizes
+    else:
+      too_big.add(split)
   if best is None:
     result.error = "no candidate mesh compiled: " + "; ".join(
       f"{s['mesh']}: {s['error']}" for s in result.search
