@@ -170,3 +170,27 @@ def test_chunked_attention_equals_reference_with_bias():
   for chunk in (8, 37, 64):  # padded last chunk, one exact chunk, one chunk larger than L
     got = chunked.chunked_attention(q, k, v, bias_BxLxM=bias, chunk=chunk)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS) + ["reference"])
+@pytest.mark.parametrize(
+  ("bounds", "max_shots"),
+  [((0, 2, 5), 5), ((0, 1, 2, 3, 4, 5), 5), ((0, 5), 1)],
+  ids=["two_shots", "all_slots", "one_slot"],
+)
+def test_padding_tokens_are_invisible(impl, bounds, max_shots):
+  """A clip padded to a longer bucket (layout.PAD_SHOT_ID tail) gives its real tokens the
+  unpadded outputs and gradients, and the padding no gradient, also when every shot slot is used."""
+  lay = ShotLayout(bounds, PER_FRAME)
+  exact = layout.make_batch([lay], max_shots=max_shots)
+  padded = layout.make_batch([lay], max_shots=max_shots, num_frames=bounds[-1] + 3)
+  n = exact.shot_id_BxL.shape[1]
+  q, k, v, do = _qkv(padded, jnp.float32)
+  attend = IMPLS.get(impl, reference.sparse_shot_attention)
+  out, vjp = jax.vjp(lambda q, k, v: attend(q, k, v, padded), q, k, v)
+  want, want_vjp = jax.vjp(lambda q, k, v: attend(q, k, v, exact), q[:, :n], k[:, :n], v[:, :n])
+  np.testing.assert_allclose(out[:, :n], want, atol=2e-6)
+  assert np.isfinite(np.asarray(out)).all()
+  for got, exp in zip(vjp(do.at[:, n:].set(0)), want_vjp(do[:, :n]), strict=True):
+    np.testing.assert_allclose(got[:, :n], exp, atol=2e-5)
+    assert not np.asarray(got[:, n:]).any()

@@ -49,10 +49,11 @@ def packed_shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots: ShotBatch):
     "bnhsg,bghk->bnhsk", p_sum, v_sum_BxGxHxK
   )
   out_BxNxSxHxK = jnp.moveaxis(out_BxNxHxSxK / denom_BxNxHxSx1, 2, 3)
-  shot_BxL = shots.shot_id_BxL
+  real_BxL = shots.shot_id_BxL >= 0  # padding tokens (layout.PAD_SHOT_ID) belong to no shot
+  shot_BxL = jnp.where(real_BxL, shots.shot_id_BxL, 0)
   own_start_BxL = jnp.take_along_axis(start_BxN, shot_BxL, axis=1)
   slot_BxL = shot_BxL * s + jnp.arange(num_l, dtype=jnp.int32)[None] - own_start_BxL
   out_BxLxHxK = jnp.take_along_axis(
-    out_BxNxSxHxK.reshape(b, n * s, h, k), slot_BxL[:, :, None, None], axis=1
+    out_BxNxSxHxK.reshape(b, n * s, h, k), jnp.where(real_BxL, slot_BxL, 0)[:, :, None, None], 1
   )
-  return out_BxLxHxK.astype(q_BxLxHxK.dtype)
+  return jnp.where(real_BxL[:, :, None, None], out_BxLxHxK, 0).astype(q_BxLxHxK.dtype)

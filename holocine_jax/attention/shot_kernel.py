@@ -51,14 +51,13 @@ def _cdiv(a: int, b: int) -> int:
 
 def _ranges(shot_BxL, start_BxN, end_BxN, num_blocks, block, other_block):
   """For each block of `block` tokens: the [lo, lo+count) range of `other_block`-sized blocks
-  covering the shots it touches (count 0 for blocks wholly past L)."""
-  num_l = shot_BxL.shape[1]
-  first = jnp.arange(num_blocks, dtype=jnp.int32) * block
-  last = jnp.minimum(first + block, num_l) - 1
-  real = first < num_l
-  take = lambda x, idx: jnp.take_along_axis(x, jnp.broadcast_to(idx, (x.shape[0], idx.size)), 1)
-  s0 = take(shot_BxL, jnp.minimum(first, num_l - 1))
-  s1 = take(shot_BxL, jnp.maximum(last, 0))
+  covering the shots it touches (count 0 for blocks wholly past the real tokens)."""
+  num_real_Bx1 = jnp.sum(shot_BxL >= 0, axis=1, keepdims=True)  # padding is a suffix
+  first_1xN = jnp.arange(num_blocks, dtype=jnp.int32)[None] * block
+  last = jnp.minimum(first_1xN + block, num_real_Bx1) - 1
+  real = first_1xN < num_real_Bx1
+  s0 = jnp.take_along_axis(shot_BxL, jnp.minimum(first_1xN, num_real_Bx1 - 1), 1)
+  s1 = jnp.take_along_axis(shot_BxL, jnp.maximum(last, 0), 1)
   lo = jnp.take_along_axis(start_BxN, s0, 1) // other_block
   hi = -(-jnp.take_along_axis(end_BxN, s1, 1) // other_block)
   return jnp.where(real, lo, 0).astype(jnp.int32), jnp.where(real, hi - lo, 0).astype(jnp.int32)

@@ -23,9 +23,9 @@ from holocine_jax.training import records, synthetic
 
 Bucket = tuple[int, int, int]  # (latent frames, latent height, latent width)
 
-# (self_attention, implementation) pairs whose real tokens never see padding tokens. The packed
-# and kernel paths and full attention do not mask layout.PAD_SHOT_ID tokens yet.
-PADDING_SAFE_ATTENTION = (("sparse", "reference"),)
+# (self_attention, implementation) pairs whose real tokens never see padding tokens. Full
+# attention does not mask layout.PAD_SHOT_ID tokens yet.
+PADDING_SAFE_ATTENTION = (("sparse", "reference"), ("sparse", "packed"), ("sparse", "kernel"))
 
 
 def bucket_keys(shapes: Sequence[tuple[int, ...]], buckets: Sequence[int]) -> list[Bucket]:
