@@ -17,7 +17,7 @@ also finds cuts itself (`detect_cuts`: SCA 0.97 on that ground truth) and report
 with evaluate's matching and costs (transition.py). `scenes` draws evaluation requests from the
 synthetic generator itself (held-out seed).
 
-  python -m holocine_jax.evaluation.toy --out toy_scenes.jsonl --count 8
+  python -m holocine_jax.evaluation.toy --out toy_scenes.jsonl --count 16
 Legend: F latent frames, H/W latent height/width, C latent channels, B backgrounds, K colours,
 P starts, Q hypotheses (shape, motion, start), N pixels, T frames.
 """
@@ -240,7 +240,7 @@ def measure(
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description="Write toy-task scenes (a sampling JSONL file).")
   parser.add_argument("--out", required=True, help="scenes.jsonl to write")
-  parser.add_argument("--count", type=int, default=8)
+  parser.add_argument("--count", type=int, default=16)
   parser.add_argument("--seed", type=int, default=SCENE_SEED)
   args = parser.parse_args(argv)
   write_scenes(args.out, args.count, args.seed)
