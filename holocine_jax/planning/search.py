@@ -99,7 +99,8 @@ def _measurer(config, request, devices):
       try:
         mesh = sharding.make_mesh(sizes, devices=devices)
       except NotImplementedError as e:  # jax finds no layout of the axes on the torus
-        raise PlanError(f"mesh {sizes} does not map onto the slice's chip grid: {e}") from None
+        reason = str(e).split(". ")[0]
+        raise PlanError(f"mesh {sizes} does not map onto the slice's chip grid: {reason}") from None
       program = programs.build(config, request, mesh, num_layers)
       cache[key] = memory.compile_program(program, mesh, config.logical_rules), program
     return cache[key]
@@ -148,6 +149,8 @@ def plan(
     result.num_layers, result.compile_s = program.num_layers, round(compiled.compile_s, 1)
     result.facts = program.facts
     result.error = compiled.out_of_memory.strip().splitlines()[0] if compiled.out_of_memory else ""
+    verdict = "fits" if result.fits else "does not fit"
+    log(f"  peak {compiled.memory.peak / 2**30:.1f} GiB per chip: {verdict}")
     if result.fits:
       break
   return result
@@ -194,8 +197,8 @@ def _search(config, request, measure, num_chips, limit, search_layers, max_candi
       best = (predicted, sizes)
     if predicted <= limit:
       yielded = True
-      yield sizes
-    else:
+      yield sizes  # plan() compiles it at full depth; resumed only when that did not fit
+    if not result.fits:
       too_big.add(split)
   if best is None:
     result.error = "no candidate mesh compiled: " + "; ".join(
