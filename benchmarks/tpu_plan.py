@@ -1,0 +1,102 @@
+"""Real-size plans for TPU slices: every job compiled deviceless at full depth (40 DiT layers).
+
+  python benchmarks/tpu_plan.py                      # every plan: hours on 2 CPU cores
+  python benchmarks/tpu_plan.py --plans vae,text
+
+Each row is `holocine_jax.planning.search.plan` (what `python -m holocine_jax.plan` runs): the
+job's own jitted function on abstract inputs sharded over the slice, mesh searched unless the
+plan pins it, fit = peak per chip <= 80% of the chip's usable HBM. Plans:
+  sample-*   A14B expert denoising stage with CFG (2 rows), 241 frames at 480x832 (95,160
+             tokens), 5 shots, on v5p-8
+  train-*    A14B expert train step (bf16 compute, fp32 master params, AdamW, remat), same scene,
+             global batch 16, on v5p-64
+  minute     961 frames (375,960 tokens), 13 shots, sparse sampling stage: v5p slices from the
+             smallest up, until one fits
+  vae, text  the VAE decode of 241 frames at 480x832 and the umT5-XXL encode of 512 tokens (one
+             scene + the negative prompt) on one v5p chip
+  v5e-train  A14B sparse training on 16 GB v5e chips: slices from the smallest up
+Mesh column: the axes larger than 1, d/f/c/t = data/fsdp/context/tensor (f16xt2: fsdp 16 x
+tensor 2).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compiling for TPU needs no TPU
+
+from holocine_jax import config_file  # noqa: E402
+from holocine_jax.planning import programs, search  # noqa: E402
+
+GIB = 2**30
+A14B = "configs/holocine_a14b.py"
+SCENE = dict(frames=241, height=480, width=832, shots=5)
+MINUTE = dict(frames=961, height=480, width=832, shots=13)
+
+# name -> (config spec, job, scene, batch, topologies tried smallest first until one fits)
+PLANS = {
+  "sample-sparse": (f"{A14B}:attention=sparse", "sample", SCENE, 1, ["v5p-8"]),
+  "sample-full": (f"{A14B}:attention=full", "sample", SCENE, 1, ["v5p-8"]),
+  "train-sparse": (f"{A14B}:attention=sparse,remat=full", "train", SCENE, 16, ["v5p-64"]),
+  "train-full": (f"{A14B}:attention=full,remat=full", "train", SCENE, 16, ["v5p-64"]),
+  "minute": (
+    f"{A14B}:attention=sparse",
+    "sample",
+    MINUTE,
+    1,
+    ["v5p-2", "v5p-8", "v5p-16", "v5p-32"],
+  ),
+  "vae": (A14B, "vae", SCENE, 1, ["v5p-2"]),
+  "text": (A14B, "text", SCENE, 1, ["v5p-2"]),
+  "v5e-train": (
+    f"{A14B}:attention=sparse,remat=full",
+    "train",
+    SCENE,
+    16,
+    ["v5e-64", "v5e-128", "v5e-256"],
+  ),
+}
+
+
+def row(name: str, plan, attention: str) -> str:
+  m, f = plan.per_device_bytes, plan.facts
+  mesh = "x".join(f"{k[0]}{v}" for k, v in plan.mesh.items() if v > 1) or "1 chip"
+  blocks = (
+    f"{f['kv_blocks_visited']:,} / {f['kv_blocks_dense']:,}" if "kv_blocks_dense" in f else ""
+  )
+  peak = f"{m.peak / GIB:.1f} / {plan.hbm_bytes / GIB:.2f} ({plan.fraction:.0%})"
+  status = "fits" if plan.fits else ("no: " + plan.error[:60] if plan.error else "no")
+  return (
+    f"| {name} | {plan.job} | {plan.topology} | {attention} | {'yes' if plan.compiled else 'no'} "
+    f"| {mesh} | {peak} | {plan.compile_s:.0f} | {blocks} | {status} |"
+  )
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--plans", default=",".join(PLANS), help=f"comma list of {list(PLANS)}")
+  p.add_argument("--set", action="append", default=[], help="config override for every plan")
+  args = p.parse_args()
+  print("| plan | job | topology | attention | compiled | mesh | peak / HBM GiB per chip "
+        "| compile s | kv blocks visited / dense | fits |")  # fmt: skip
+  print("| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |", flush=True)
+  start = time.perf_counter()
+  for name in args.plans.split(","):
+    spec, job, scene, batch, topologies = PLANS[name]
+    config = config_file.load(spec, args.set)
+    request = programs.Request(job, batch=batch, **scene)
+    attention = config.model.self_attention if job in ("sample", "train") else "-"
+    for topology_name in topologies:
+      log = lambda message, name=name: print(
+        f"# [{time.perf_counter() - start:6.0f} s] {name}: {message}", file=sys.stderr, flush=True
+      )
+      plan = search.plan(config, request, topology_name, log=log)
+      print(row(name, plan, attention), flush=True)
+      if plan.fits:
+        break
+
+
+if __name__ == "__main__":
+  main()
