@@ -180,9 +180,9 @@ def _search(config, request, measure, num_chips, limit, search_layers, max_candi
     try:
       runs = [measure(sizes, d)[0] for d in depths or (None,)]
       predicted = runs[-1].memory.peak
-      if depths:
+      if depths:  # never below a measured depth (an out-of-memory estimate can shrink)
         a, b = (run.memory.peak for run in runs)
-        predicted = b + (b - a) / (depths[1] - depths[0]) * (full - depths[1])
+        predicted = max(a, b, b + (b - a) / (depths[1] - depths[0]) * (full - depths[1]))
     except PlanError as e:  # a mesh the slice's torus cannot hold: not a compile
       log(f"  skipped: {e}".splitlines()[0])
       continue
