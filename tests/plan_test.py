@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from holocine_jax import plan
-from holocine_jax.planning import memory
+from holocine_jax import config_file, plan
+from holocine_jax.planning import memory, programs, search
 
 SMALL_SCENE = ["--frames", "17", "--height", "64", "--width", "64", "--shots", "2"]
 TINY = ["--config", "configs/tiny.py:block=128", *SMALL_SCENE]  # TPU kernel: 128k blocks
@@ -109,3 +109,17 @@ def test_out_of_memory_messages_parse():
   m = memory.parse_out_of_memory(report, arguments=0)
   assert m.peak == int(40.48 * 2**30) and m.arguments == int(1.44 * 2**30)
   assert m.temporaries == int(38.40 * 2**30) and m.aliased == m.outputs == int(1.44 * 2**30)
+
+
+def test_mesh_candidates_follow_the_job_shapes():
+  config = config_file.load("configs/holocine_a14b.py")
+  sample = search.candidates(config, programs.Request("sample"), 4)  # one scene: no batch split
+  assert [(m["context"], m["tensor"]) for m in sample] == [(4, 1), (2, 2), (1, 4)]
+  assert all(m["data"] == m["fsdp"] == 1 for m in sample)
+  minute = search.candidates(config, programs.Request("sample", frames=961, shots=13), 16)
+  assert not minute  # 16 chips: 40 heads and one scene leave no split
+  train = search.candidates(config, programs.Request("train", batch=16), 32)
+  assert train[0] == dict(data=1, fsdp=16, context=2, tensor=1)
+  assert all(
+    16 % (m["data"] * m["fsdp"]) == 0 and 40 % (m["context"] * m["tensor"]) == 0 for m in train
+  )
