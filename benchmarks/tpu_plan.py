@@ -14,7 +14,8 @@ plan pins it, fit = peak per chip <= 80% of the chip's usable HBM. Plans:
              smallest up, until one fits
   vae, text  the VAE decode of 241 frames at 480x832 and the umT5-XXL encode of 512 tokens (one
              scene + the negative prompt) on one v5p chip
-  v5e-train  A14B sparse training on 16 GB v5e chips: slices from the smallest up
+  v5e-train  A14B sparse training on 16 GB v5e chips: slices from the smallest up, with the
+             config's rules and with FSDP over the context axis too
 Mesh column: the axes larger than 1, d/f/c/t = data/fsdp/context/tensor (f16xt2: fsdp 16 x
 tensor 2).
 """
@@ -35,27 +36,38 @@ A14B = "configs/holocine_a14b.py"
 SCENE = dict(frames=241, height=480, width=832, shots=5)
 MINUTE = dict(frames=961, height=480, width=832, shots=13)
 
-# name -> (config spec, job, scene, batch, topologies tried smallest first until one fits)
+# Every plan: config spec, job, scene, batch (scenes, or the train global batch), topologies
+# tried smallest first until one fits, and logical rules changed from the config's.
 PLANS = {
-  "sample-sparse": (f"{A14B}:attention=sparse", "sample", SCENE, 1, ["v5p-8"]),
-  "sample-full": (f"{A14B}:attention=full", "sample", SCENE, 1, ["v5p-8"]),
-  "train-sparse": (f"{A14B}:attention=sparse,remat=full", "train", SCENE, 16, ["v5p-64"]),
-  "train-full": (f"{A14B}:attention=full,remat=full", "train", SCENE, 16, ["v5p-64"]),
-  "minute": (
-    f"{A14B}:attention=sparse",
-    "sample",
-    MINUTE,
-    1,
-    ["v5p-2", "v5p-8", "v5p-16", "v5p-32"],
+  "sample-sparse": dict(config=f"{A14B}:attention=sparse", job="sample", topologies=["v5p-8"]),
+  "sample-full": dict(config=f"{A14B}:attention=full", job="sample", topologies=["v5p-8"]),
+  "train-sparse": dict(
+    config=f"{A14B}:attention=sparse,remat=full", job="train", batch=16, topologies=["v5p-64"]
   ),
-  "vae": (A14B, "vae", SCENE, 1, ["v5p-2"]),
-  "text": (A14B, "text", SCENE, 1, ["v5p-2"]),
-  "v5e-train": (
-    f"{A14B}:attention=sparse,remat=full",
-    "train",
-    SCENE,
-    16,
-    ["v5e-64", "v5e-128", "v5e-256"],
+  "train-full": dict(
+    config=f"{A14B}:attention=full,remat=full", job="train", batch=16, topologies=["v5p-64"]
+  ),
+  "minute": dict(
+    config=f"{A14B}:attention=sparse",
+    job="sample",
+    scene=MINUTE,
+    topologies=["v5p-2", "v5p-8", "v5p-16", "v5p-32"],
+  ),
+  "vae": dict(config=A14B, job="vae", topologies=["v5p-2"]),
+  "text": dict(config=A14B, job="text", topologies=["v5p-2"]),
+  "v5e-train": dict(
+    config=f"{A14B}:attention=sparse,remat=full",
+    job="train",
+    batch=16,
+    topologies=["v5e-64", "v5e-128", "v5e-256"],
+  ),
+  # FSDP over the context axis too: params and Adam state sharded over fsdp x context.
+  "v5e-train-fsdp-context": dict(
+    config=f"{A14B}:attention=sparse,remat=full",
+    job="train",
+    batch=16,
+    topologies=["v5e-128"],
+    rules={"embed": ["fsdp", "context"]},
   ),
 }
 
@@ -84,11 +96,13 @@ def main():
   print("| --- | --- | --- | --- | --- | --- | ---: | ---: | ---: | --- |", flush=True)
   start = time.perf_counter()
   for name in args.plans.split(","):
-    spec, job, scene, batch, topologies = PLANS[name]
-    config = config_file.load(spec, args.set)
-    request = programs.Request(job, batch=batch, **scene)
-    attention = config.model.self_attention if job in ("sample", "train") else "-"
-    for topology_name in topologies:
+    p = PLANS[name]
+    config = config_file.load(p["config"], args.set)
+    rules = p.get("rules", {})
+    config.logical_rules = [[k, rules.get(k, axes)] for k, axes in config.logical_rules]
+    request = programs.Request(p["job"], batch=p.get("batch", 1), **p.get("scene", SCENE))
+    attention = config.model.self_attention if p["job"] in ("sample", "train") else "-"
+    for topology_name in p["topologies"]:
       log = lambda message, name=name: print(
         f"# [{time.perf_counter() - start:6.0f} s] {name}: {message}", file=sys.stderr, flush=True
       )
