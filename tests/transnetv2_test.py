@@ -133,6 +133,13 @@ def test_scenes_edge_cases():
   assert transnetv2.cut_frames(np.array([0, 0.9, 0, 0, 0.7, 0.8, 0])) == [2, 6]
 
 
+def test_input_frames_scale_any_size_to_the_network():
+  frames = np.full((3, 64, 80, 3), (200, 100, 50), np.uint8)
+  out = transnetv2.input_frames(frames)
+  assert out.shape == (3, transnetv2.HEIGHT, transnetv2.WIDTH, 3) and out.dtype == np.uint8
+  np.testing.assert_allclose(out.reshape(-1, 3).mean(0), (200, 100, 50), atol=1)
+
+
 def test_keymap_errors_name_keys(tmp_path):
   state = {
     k: torch.from_numpy(np.array(v))

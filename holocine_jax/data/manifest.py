@@ -7,7 +7,7 @@
 file. Cuts are optional: `cut_frames` are the first frames of shots 2..N counted in the clip as
 it is stored (after resampling to the target fps), `cut_times` the same cuts in seconds from the
 video's start; give at most one. Without them shot detection finds the cuts. Types are strict
-(sampling/requests.py's helpers: a string is never a list, a fraction is not a frame number) and
+(`json_fields`: a string is never a list, a fraction is not a frame number) and
 every error names its line and field.
 """
 
@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 
-from holocine_jax.sampling.requests import _integer, _json_type, _number, _string, _strings
+from holocine_jax import json_fields
 from holocine_jax.scene import VAE_TIME_STRIDE, Scene
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".m4v")
@@ -84,33 +84,32 @@ def _increasing(field: str, values: list) -> None:
 def _cut_list(field: str, value, item) -> tuple | None:
   if value is None:
     return None
-  if not isinstance(value, list):
-    raise ValueError(f"{field!r} must be a list, got {_json_type(value)}")
-  values = [item(f"{field}[{i}]", v) for i, v in enumerate(value)]
+  values = json_fields.items(field, value, item)
   _increasing(field, values)
   return tuple(values)
 
 
 def _time(field: str, value) -> float:
-  value = _number(field, value)
+  value = json_fields.number(field, value)
   if value <= 0:
     raise ValueError(f"{field!r} must be > 0 seconds, got {value}")
   return value
 
 
 def _entry(obj: dict, number: int, base: str) -> Entry:
-  video = _string("video", obj["video"])
+  video = json_fields.string("video", obj["video"])
   if not video.lower().endswith(VIDEO_EXTENSIONS):
     raise ValueError(f"'video' must be one of {', '.join(VIDEO_EXTENSIONS)}, got {video!r}")
-  shots = _strings("shot_captions", obj["shot_captions"])
-  cut_frames = _cut_list("cut_frames", obj.get("cut_frames"), lambda f, v: _integer(f, v, lo=1))
+  shots = json_fields.strings("shot_captions", obj["shot_captions"])
+  frame = lambda f, v: json_fields.integer(f, v, lo=1)
+  cut_frames = _cut_list("cut_frames", obj.get("cut_frames"), frame)
   cut_times = _cut_list("cut_times", obj.get("cut_times"), _time)
   for field, cuts in (("cut_frames", cut_frames), ("cut_times", cut_times)):
     if cuts is not None and len(cuts) != len(shots) - 1:
       raise ValueError(
         f"{field!r} has {len(cuts)} cuts but {len(shots)} shot captions need {len(shots) - 1}"
       )
-  global_caption = _string("global_caption", obj["global_caption"])
+  global_caption = json_fields.string("global_caption", obj["global_caption"])
   video = os.path.join(base, video)
   entry = Entry(number, video, global_caption, tuple(shots), cut_frames, cut_times)
   entry.prompt_scene()  # the captions alone: empty, reserved markers, "contains N shots." wrong
@@ -126,7 +125,7 @@ def parse(line: Line, base: str) -> Entry:
   except json.JSONDecodeError as e:
     raise fail(f"not valid JSON ({e.msg} at column {e.colno})") from None
   if not isinstance(obj, dict):
-    raise fail(f"expected a JSON object, got {_json_type(obj)}")
+    raise fail(f"expected a JSON object, got {json_fields.json_type(obj)}")
   unknown = sorted(set(obj) - set(_FIELDS))
   if unknown:
     raise fail(f"unknown fields {unknown}; known: {list(_FIELDS)}")

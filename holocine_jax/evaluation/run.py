@@ -31,8 +31,6 @@ from holocine_jax.sampling import video_io
 from holocine_jax.scene import Scene
 from holocine_jax.weights import transnetv2 as transnetv2_weights
 
-THRESHOLD = 0.5
-
 
 class SceneFailure(ValueError):
   """One scene cannot be evaluated; the message names the file and the problem."""
@@ -68,20 +66,6 @@ def read_request(path: str) -> Scene:
     return Scene(g, tuple(shots), n, tuple(cuts))
   except ValueError as e:
     raise SceneFailure(f"{path}: invalid request: {e}") from None
-
-
-def transnet_frames(frames_TxHxWx3: np.ndarray) -> np.ndarray:
-  """uint8 frames scaled to TransNet V2's 48x27 with FFmpeg's bicubic scaler [T, 27, 48, 3]."""
-  import av  # noqa: PLC0415  (as video_io: the video dependency is optional)
-
-  return np.stack(
-    [
-      av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
-      .reformat(transnetv2.WIDTH, transnetv2.HEIGHT, "rgb24", interpolation="BICUBIC")
-      .to_ndarray()
-      for f in frames_TxHxWx3
-    ]
-  )
 
 
 def _scores(scorers: Sequence[Scorer], frames_TxHxWx3, scene: Scene) -> dict:
@@ -124,7 +108,7 @@ def evaluate(
   out_dir: str | None = None,
   *,
   weights: str | None = None,
-  threshold: float = THRESHOLD,
+  threshold: float = transnetv2.THRESHOLD,
   tolerance: int = transition.TOLERANCE,
   miss_cost: float = transition.MISS_COST,
   batch_size: int = 8,
@@ -156,7 +140,7 @@ def evaluate(
           f"{mp4}: {len(frames_TxHxWx3)} frames, shorter than the {scene.num_frames} requested"
         )
       frames_TxHxWx3 = frames_TxHxWx3[: scene.num_frames]
-      single_T, _ = detector(transnet_frames(frames_TxHxWx3))
+      single_T, _ = detector(transnetv2.input_frames(frames_TxHxWx3))
       detected = transnetv2.cut_frames(single_T, threshold)
       result = transition.transition_control(
         scene.cut_frames, detected, scene.num_frames, tolerance=tolerance, miss_cost=miss_cost

