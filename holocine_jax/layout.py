@@ -24,6 +24,7 @@ from holocine_jax.scene import Scene, SceneError
 
 WINDOW_BLOCK_BIAS = -1e4  # additive logit bias HoloCine puts on text outside a shot's window
 PAD_SHOT_ID = -2  # padding tokens past a layout's last shot: no shot (attention's INVALID_ID)
+SHOT_BOUND_MULTIPLE = 4  # latent frames: few distinct shot bounds (compiles), little waste
 
 
 class LayoutError(ValueError):
@@ -137,6 +138,14 @@ class TextWindows:
       if not 0 <= a < b:
         raise LayoutError(f"text window {name} must be a non-empty range [start, end), got {a, b}")
 
+  @classmethod
+  def from_ranges(cls, ranges) -> TextWindows:
+    """From a [S+1, 2] array of ranges: row 0 the global caption's, row i+1 shot i's."""
+    r = np.asarray(ranges)
+    if r.ndim != 2 or r.shape[0] < 2 or r.shape[1] != 2:
+      raise LayoutError(f"text ranges must be [S+1, 2] with S >= 1 shots, got shape {r.shape}")
+    return cls(tuple(r[0]), tuple(tuple(x) for x in r[1:]))
+
   @property
   def num_shots(self) -> int:
     return len(self.shot_ranges)
@@ -188,6 +197,13 @@ def dense_batch(batch: int, num_tokens: int) -> ShotBatch:
     tokens_per_frame=num_tokens,
     max_shot_frames=1,
   )
+
+
+def round_shot_bound(longest_shot: int, clip_frames: int) -> int:
+  """Static shot-length bound (latent frames) for shots of at most `longest_shot` latent frames:
+  rounded up to a multiple of SHOT_BOUND_MULTIPLE, capped at the clip's `clip_frames`."""
+  m = SHOT_BOUND_MULTIPLE
+  return min(-(-longest_shot // m) * m, clip_frames)
 
 
 def make_batch(

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from holocine_jax import sample
+from holocine_jax import layout, sample, toy_text
 from holocine_jax.sampling import generator, requests
 from holocine_jax.scene import Scene
-from holocine_jax.training import dataset, pipeline, records, synthetic
+from holocine_jax.training import dataset, pipeline, synthetic
 
 
 def test_round_shot_bound():
-  assert [records.round_shot_bound(n, 61) for n in (1, 4, 5, 13, 61)] == [4, 4, 8, 16, 61]
-  assert records.round_shot_bound(5, 6) == 6  # capped at the clip
+  assert [layout.round_shot_bound(n, 61) for n in (1, 4, 5, 13, 61)] == [4, 4, 8, 16, 61]
+  assert layout.round_shot_bound(5, 6) == 6  # capped at the clip
 
 
 def test_sampling_bounds_shots_by_the_batch_not_the_clip(monkeypatch):
@@ -47,7 +47,7 @@ def _tfds_dataset(path, bounds_list):
       cuts = [4 * (c - 1) + 1 for c in bounds[1:-1]]  # latent frame c starts at frame 4(c-1)+1
       scene = Scene.create("Shapes.", ["a red disc"] * (len(bounds) - 1), 49, cuts)
       assert scene.latent_bounds() == bounds
-      context_NxE, ranges = synthetic.toy_text_embedding(scene.prompt(), 24)
+      context_NxE, ranges = toy_text.toy_text_embedding(scene.prompt(), 24)
       yield dict(
         latents=np.zeros((13, 4, 4, 4), np.float32),
         context=context_NxE,
@@ -103,7 +103,7 @@ def test_synthetic_bound_scans_every_sample():
   longest = [max(np.diff(source.scene(i)[0].latent_bounds())) for i in range(64)]
   assert pipeline.longest_shots(config) == longest
   keys = [(11, 8, 8)] * 64
-  assert pipeline.shot_bounds(config, keys) == {keys[0]: records.round_shot_bound(max(longest), 11)}
+  assert pipeline.shot_bounds(config, keys) == {keys[0]: layout.round_shot_bound(max(longest), 11)}
   config.data.max_shot_frames = -1
   with pytest.raises(ValueError, match="data.max_shot_frames must be >= 0"):
     pipeline.shot_bounds(config, keys)

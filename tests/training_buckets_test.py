@@ -169,7 +169,7 @@ def test_shot_bounds_come_from_each_buckets_data():
   longest = {}
   for i, key in enumerate(keys):
     longest[key] = max(longest.get(key, 0), max(np.diff(source.latent_bounds(i))))
-  want = {k: records.round_shot_bound(n, k[0]) for k, n in longest.items()}
+  want = {k: layout.round_shot_bound(n, k[0]) for k, n in longest.items()}
   assert pipeline.shot_bounds(config, keys) == want
   assert want[(4, 8, 8)] == 4 < want[(11, 8, 8)]  # not one job-wide bound
   config.data.max_shot_frames = 11  # an explicit bound holds for every bucket

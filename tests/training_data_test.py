@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from holocine_jax import layout, sharding
+from holocine_jax import layout, sharding, toy_text
 from holocine_jax.training import global_batch, pipeline, records, synthetic
 
 
@@ -36,7 +36,7 @@ def test_synthetic_record_matches_its_captions():
   assert a["prompt"] == scene.prompt()
   assert a["latents"].shape == (scene.num_latent_frames, 8, 8, 4) == (*source.latent_shape(5), 4)
   assert len(a["latent_bounds"]) == scene.num_shots + 1 == len(a["text_ranges"])
-  tokens = synthetic.toy_tokenize(a["prompt"])
+  tokens = toy_text.toy_tokenize(a["prompt"])
   for (start, end), (colour, shape, motion) in zip(a["text_ranges"][1:], shots, strict=True):
     assert f"a {colour} {shape} {motion}" in " ".join(tokens[start:end])
   # A moving shape changes the latents frame to frame; a still one does not.
@@ -46,10 +46,10 @@ def test_synthetic_record_matches_its_captions():
 
 
 def test_toy_windows_follow_holocine_ranges():
-  tokens = synthetic.toy_tokenize(
+  tokens = toy_text.toy_tokenize(
     "[global caption] G g. This scene contains 2 shots. [per shot caption] a b [shot cut] c"
   )
-  ranges = synthetic.toy_windows(tokens).tolist()
+  ranges = toy_text.toy_windows(tokens).tolist()
   # global: up to the shots marker; shot 0 through the END of the first cut; last to the end.
   assert ranges == [[0, 8], [8, 12], [12, 13]]
 

@@ -6,16 +6,15 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from holocine_jax import config_file
-from holocine_jax.sampling import schedulers
+from holocine_jax import config_file, timesteps
 from holocine_jax.training import loss as loss_lib
 from holocine_jax.training import state
 
 
 def test_shift_and_inverse():
   u = np.linspace(0, 1, 11)
-  s = schedulers.shift_sigmas(u, 5.0)
-  np.testing.assert_allclose(loss_lib.unshift_sigma(s, 5.0), u, atol=1e-12)
+  s = timesteps.shift(u, 5.0)
+  np.testing.assert_allclose(timesteps.unshift(s, 5.0), u, atol=1e-12)
   assert s[5] == pytest.approx(5 * 0.5 / (1 + 4 * 0.5))
 
 

@@ -23,7 +23,7 @@ from holocine_jax.data.clips import Clip, Skip
 from holocine_jax.layout import TextWindows
 from holocine_jax.model import vae
 from holocine_jax.scene import Scene
-from holocine_jax.training import synthetic
+from holocine_jax.toy_text import toy_text_embedding
 
 VideoFn = Callable[[np.ndarray], np.ndarray]  # uint8 [B, T, H, W, 3] -> latents [B, F, h, w, C]
 TextFn = Callable[[Sequence[Scene]], list[tuple[np.ndarray, TextWindows]]]  # ([N, E], windows)
@@ -78,7 +78,7 @@ def _record(clip: Clip, latents_FxhxwxC: np.ndarray, context_NxE, windows: TextW
 
 def toy(latent_channels: int, text_dim: int, text_len: int = text.TEXT_LEN, batch_size: int = 1):
   """Stand-ins with the real encoders' shapes: 4x time / 8x space pooling and a fixed 3->C
-  projection for video; synthetic's word embedding (and a `text_len` token limit) for text."""
+  projection for video; the toy word embedding (and a `text_len` token limit) for text."""
   proj_3xC = np.random.default_rng(0).standard_normal((3, latent_channels)).astype(np.float32)
 
   def clip(frames_TxHxWx3):
@@ -89,10 +89,10 @@ def toy(latent_channels: int, text_dim: int, text_len: int = text.TEXT_LEN, batc
     return np.stack([g.mean(0) for g in groups]) @ proj_3xC
 
   def scene_text(scene):
-    context_NxE, ranges = synthetic.toy_text_embedding(scene.prompt(), text_dim)
+    context_NxE, ranges = toy_text_embedding(scene.prompt(), text_dim)
     if len(context_NxE) > text_len:
       raise text.TextError(f"prompt has {len(context_NxE)} toy tokens but text_len is {text_len}")
-    return context_NxE, TextWindows(tuple(ranges[0]), tuple(map(tuple, ranges[1:])))
+    return context_NxE, TextWindows.from_ranges(ranges)
 
   return Encoders(
     video=lambda frames_BxTxHxWx3: np.stack([clip(f) for f in frames_BxTxHxWx3]),

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from holocine_jax import sample
+from holocine_jax import sample, toy_text
 from holocine_jax import scene as scene_lib
 from holocine_jax.evaluation import run, transition
 from holocine_jax.sampling import generator
@@ -77,7 +77,7 @@ def _preview(latents_NxC: np.ndarray) -> np.ndarray:
 def _palette(channels: int) -> tuple[np.ndarray, np.ndarray]:
   """Preview RGB of each background [B, 3] and of each colour over each background [B, K, 3]."""
   bg_BxC = np.stack([synthetic.background_vector(b, channels) for b in synthetic.BACKGROUNDS])
-  colour_KxC = np.stack([synthetic.word_vector(c, channels) for c in synthetic.COLOURS])
+  colour_KxC = np.stack([toy_text.word_vector(c, channels) for c in synthetic.COLOURS])
   fg = _preview((bg_BxC[:, None] + colour_KxC[None]).reshape(-1, channels))
   return _preview(bg_BxC), fg.reshape(len(bg_BxC), len(colour_KxC), 3)
 

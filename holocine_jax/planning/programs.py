@@ -20,7 +20,7 @@ from flax.core import meta
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from holocine_jax import layout, sample, sharding
+from holocine_jax import layout, sample, sharding, toy_text
 from holocine_jax.attention import shot_kernel
 from holocine_jax.model import umt5
 from holocine_jax.model.config import DiTConfig
@@ -28,7 +28,7 @@ from holocine_jax.model.dit import WanDiT
 from holocine_jax.sampling import generator
 from holocine_jax.sampling.pipeline import Sampler, SamplerConfig
 from holocine_jax.scene import Scene
-from holocine_jax.training import global_batch, records, state, synthetic
+from holocine_jax.training import global_batch, records, state
 from holocine_jax.training import loss as loss_lib
 from holocine_jax.training import step as step_lib
 from holocine_jax.weights import formats, loader
@@ -135,7 +135,7 @@ def _record(request: Request, model_config: DiTConfig):
   toy text embedding's prompt and windows (only shapes matter here)."""
   scene = _scene(request)
   grid = _grid(request, model_config.patch_size)
-  context_NxE, ranges = synthetic.toy_text_embedding(scene.prompt(), model_config.text_dim)
+  context_NxE, ranges = toy_text.toy_text_embedding(scene.prompt(), model_config.text_dim)
   lay = layout.ShotLayout.from_scene(scene, grid)
   record = dict(
     latents=np.zeros((grid.frames, grid.height, grid.width, model_config.in_channels), np.float32),
@@ -149,7 +149,7 @@ def _record(request: Request, model_config: DiTConfig):
 def _shot_bound(fixed: int, lay: layout.ShotLayout, grid: layout.LatentGrid) -> int:
   """The job's static shot bound: the config's fixed one, or (0) as both jobs derive it from
   their data, the longest shot rounded."""
-  return fixed or records.round_shot_bound(max(lay.latent_frames_per_shot()), grid.frames)
+  return fixed or layout.round_shot_bound(max(lay.latent_frames_per_shot()), grid.frames)
 
 
 def _shot_facts(shots: layout.ShotBatch, model_config: DiTConfig) -> dict:
@@ -178,7 +178,7 @@ def _sample(config, request, mesh, rules, b, num_layers):
   grid, lay, record = _record(request, model_config)
   shots = layout.make_batch(
     [lay] * b,
-    [records.windows_of(record)] * (b // 2) + [None] * (b // 2),
+    [layout.TextWindows.from_ranges(record["text_ranges"])] * (b // 2) + [None] * (b // 2),
     max_shots=blocks.max_shots,
     max_shot_frames=_shot_bound(blocks.max_shot_frames, lay, grid),
     text_len=blocks.text_len,

@@ -24,7 +24,6 @@ from holocine_jax.model.dit import WanDiT
 from holocine_jax.sampling.pipeline import Sampler, SamplerConfig
 from holocine_jax.sampling.requests import SceneRequest
 from holocine_jax.scene import VAE_TIME_STRIDE
-from holocine_jax.training import records
 
 VAE_SPACE_STRIDE = 8
 
@@ -56,7 +55,7 @@ class Generator:
   mesh: jax.sharding.Mesh
   rules: tuple
   max_shots: int
-  max_shot_frames: int | None  # None: per batch, records.round_shot_bound of its longest shot
+  max_shot_frames: int | None  # None: per batch, layout.round_shot_bound of its longest shot
   text_len: int
 
   @functools.cached_property
@@ -90,7 +89,7 @@ class Generator:
       lays * 2,
       list(pos.windows) + [None] * b,
       max_shots=self.max_shots,
-      max_shot_frames=self.max_shot_frames or records.round_shot_bound(longest, grid.frames),
+      max_shot_frames=self.max_shot_frames or layout.round_shot_bound(longest, grid.frames),
       text_len=context_2BxTxE.shape[1],
     )
     noise = jnp.stack(

@@ -17,13 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from holocine_jax import timesteps as timesteps_lib
+
 NUM_TRAIN_TIMESTEPS = 1000
-
-
-def shift_sigmas(sigmas, shift: float):
-  """s' = shift s / (1 + (shift - 1) s): more steps at high noise for shift > 1 (numpy or jnp);
-  the training timestep distribution uses the same shift."""
-  return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
 @struct.dataclass
@@ -31,14 +27,17 @@ class Schedule:
   """Per-step tables. State = (x, last_x, m1, m2): the sample, the corrected sample of the last
   step, and the last two x0 predictions (UniPC's history; Euler leaves them unused).
 
+  The tables are host numpy float32 (jit arguments or constants): building a schedule runs no
+  device op, so it works under a mesh of devices that are not attached.
+
   At step i with model output v: m = x - s_i v; for i > 0 with a corrector,
   x <- cx*last_x + c1*m1 + c2*m2 + cm*m; then x_next = px*x + pm*m + p1*m1 + pv*v.
   """
 
-  timesteps_N: jnp.ndarray  # model timestep per step (what the DiT is fed)
-  sigmas_N: jnp.ndarray
-  corrector_Nx4: jnp.ndarray  # (cx, c1, c2, cm); row 0 (and Euler) = (1, 0, 0, 0) on x
-  predictor_Nx4: jnp.ndarray  # (px, pm, p1, pv)
+  timesteps_N: np.ndarray  # model timestep per step (what the DiT is fed)
+  sigmas_N: np.ndarray
+  corrector_Nx4: np.ndarray  # (cx, c1, c2, cm); row 0 (and Euler) = (1, 0, 0, 0) on x
+  predictor_Nx4: np.ndarray  # (px, pm, p1, pv)
   num_steps: int = struct.field(pytree_node=False)
   corrects: bool = struct.field(pytree_node=False)  # UniC corrector (UniPC) or none (Euler)
 
@@ -51,19 +50,19 @@ class Schedule:
     x, last_x, m1, m2 = state
     f32 = jnp.float32
     v = v.astype(f32)
-    m = x.astype(f32) - self.sigmas_N[i] * v
+    m = x.astype(f32) - jnp.asarray(self.sigmas_N)[i] * v
     x = x.astype(f32)
     if self.corrects:
-      cx, c1, c2, cm = self.corrector_Nx4[i]
+      cx, c1, c2, cm = jnp.asarray(self.corrector_Nx4)[i]
       x = jnp.where(i > 0, cx * last_x + c1 * m1 + c2 * m2 + cm * m, x)
-    px, pm, p1, pv = self.predictor_Nx4[i]
+    px, pm, p1, pv = jnp.asarray(self.predictor_Nx4)[i]
     x_next = px * x + pm * m + p1 * m1 + pv * v
     return (x_next.astype(state[0].dtype), x, m, m1)
 
 
 def euler(num_steps: int, shift: float = 5.0) -> Schedule:
   """HoloCine's flow-matching Euler (extra-one-step sigmas, sigma_min 0)."""
-  s = shift_sigmas(np.linspace(1.0, 0.0, num_steps + 1)[:-1], shift)
+  s = timesteps_lib.shift(np.linspace(1.0, 0.0, num_steps + 1)[:-1], shift)
   s_next = np.append(s[1:], 0.0)
   predictor = np.stack(
     [np.ones(num_steps), np.zeros(num_steps), np.zeros(num_steps), s_next - s], axis=1
@@ -103,7 +102,7 @@ def unipc(num_steps: int, shift: float = 12.0, solver_order: int = 2) -> Schedul
   """diffusers UniPC (flow sigmas, bh2, predict x0, lower_order_final) as step tables."""
   if solver_order != 2:
     raise ValueError(f"only solver_order=2 (Wan's setting) is supported, got {solver_order}")
-  s = shift_sigmas(np.linspace(1.0, 1.0 / NUM_TRAIN_TIMESTEPS, num_steps + 1)[:-1], shift)
+  s = timesteps_lib.shift(np.linspace(1.0, 1.0 / NUM_TRAIN_TIMESTEPS, num_steps + 1)[:-1], shift)
   if abs(s[0] - 1.0) < 1e-6:
     s[0] -= 1e-6  # as diffusers: keeps log(sigma) finite
   timesteps = np.floor(s * NUM_TRAIN_TIMESTEPS)  # diffusers casts to int64
@@ -132,7 +131,7 @@ def unipc(num_steps: int, shift: float = 12.0, solver_order: int = 2) -> Schedul
 
 
 def _schedule(timesteps, sigmas, corrector, predictor, corrects: bool) -> Schedule:
-  f32 = lambda a: jnp.asarray(np.asarray(a, np.float64), jnp.float32)
+  f32 = lambda a: np.asarray(a, np.float64).astype(np.float32)
   return Schedule(
     timesteps_N=f32(timesteps),
     sigmas_N=f32(sigmas),

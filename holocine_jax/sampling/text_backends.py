@@ -14,13 +14,14 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+from holocine_jax import toy_text
+from holocine_jax.layout import TextWindows
 from holocine_jax.scene import Scene
 from holocine_jax.text import EncodedText
-from holocine_jax.training import records, synthetic
 
 
 class ToyText:
-  """`synthetic.toy_text_embedding`, zero-padded to `text_len`."""
+  """`toy_text.toy_text_embedding`, zero-padded to `text_len`."""
 
   def __init__(self, text_dim: int, text_len: int):
     self.text_dim, self.text_len = text_dim, text_len
@@ -36,11 +37,11 @@ class ToyText:
   ) -> tuple[EncodedText, EncodedText]:
     rows, windows = [], []
     for scene in scenes:
-      context_NxE, ranges = synthetic.toy_text_embedding(scene.prompt(), self.text_dim)
+      context_NxE, ranges = toy_text.toy_text_embedding(scene.prompt(), self.text_dim)
       rows.append(self._pad(context_NxE))
-      windows.append(records.windows_of(dict(text_ranges=ranges)))
-    neg_tokens = synthetic.toy_tokenize(negative_prompt) + [synthetic.EOS]
-    neg_NxE = np.stack([synthetic.word_vector(t, self.text_dim) for t in neg_tokens])
+      windows.append(TextWindows.from_ranges(ranges))
+    neg_tokens = toy_text.toy_tokenize(negative_prompt) + [toy_text.EOS]
+    neg_NxE = np.stack([toy_text.word_vector(t, self.text_dim) for t in neg_tokens])
     neg_BxTxE = np.broadcast_to(self._pad(neg_NxE), (len(scenes), self.text_len, self.text_dim))
     return (
       EncodedText(jnp.asarray(np.stack(rows)), windows),

@@ -14,14 +14,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from holocine_jax.sampling import schedulers
+from holocine_jax import timesteps
 
 EXPERTS = ("all", "high", "low")
-
-
-def unshift_sigma(s, shift: float):
-  """Inverse of `schedulers.shift_sigmas` (the sampler's timestep shift)."""
-  return s / (shift - (shift - 1) * s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +47,10 @@ class FlowMatching:
 
   def sample_sigma(self, key, batch: int):
     """[B] shifted sigmas in [lo, hi), drawn as shift(u) with u uniform on the pre-image."""
-    u_lo, u_hi = unshift_sigma(self.sigma_lo, self.shift), unshift_sigma(self.sigma_hi, self.shift)
+    u_lo = timesteps.unshift(self.sigma_lo, self.shift)
+    u_hi = timesteps.unshift(self.sigma_hi, self.shift)
     u_B = jax.random.uniform(key, (batch,), jnp.float32, u_lo, u_hi)
-    return jnp.clip(schedulers.shift_sigmas(u_B, self.shift), self.sigma_lo, self.sigma_hi)
+    return jnp.clip(timesteps.shift(u_B, self.shift), self.sigma_lo, self.sigma_hi)
 
 
 def frame_noise(key, shape):

@@ -18,7 +18,7 @@ import grain
 import jax
 import numpy as np
 
-from holocine_jax import attention
+from holocine_jax import attention, layout
 from holocine_jax.training import records, synthetic
 
 Bucket = tuple[int, int, int]  # (latent frames, latent height, latent width)
@@ -123,7 +123,7 @@ def longest_shots(config) -> list[int] | None:
 def shot_bounds(config, keys: Sequence[Bucket]) -> dict[Bucket, int]:
   """Each bucket's static shot bound in latent frames, equal on every host: an explicit
   `data.max_shot_frames` (checked against the dataset), or with 0 the longest shot of the
-  bucket's samples through `records.round_shot_bound`."""
+  bucket's samples through `layout.round_shot_bound`."""
   requested = config.data.max_shot_frames
   if requested < 0:
     raise ValueError(
@@ -144,7 +144,7 @@ def shot_bounds(config, keys: Sequence[Bucket]) -> dict[Bucket, int]:
   for key, n in zip(keys, longest, strict=True):
     per_bucket[key] = max(per_bucket.get(key, 0), int(n))
   if requested == 0:
-    return {k: records.round_shot_bound(n, k[0]) for k, n in per_bucket.items()}
+    return {k: layout.round_shot_bound(n, k[0]) for k, n in per_bucket.items()}
   if max(longest) > requested:
     raise ValueError(
       f"data.max_shot_frames={requested} but the dataset has a shot of {max(longest)} latent "

@@ -16,24 +16,10 @@ import numpy as np
 
 from holocine_jax import layout
 
-SHOT_BOUND_MULTIPLE = 4  # latent frames: few distinct shot bounds (compiles), little waste
-
-
-def round_shot_bound(longest_shot: int, clip_frames: int) -> int:
-  """Static shot-length bound (latent frames) for shots of at most `longest_shot` latent frames:
-  rounded up to a multiple of SHOT_BOUND_MULTIPLE, capped at the clip's `clip_frames`."""
-  m = SHOT_BOUND_MULTIPLE
-  return min(-(-longest_shot // m) * m, clip_frames)
-
 
 def grid_of(record, patch) -> layout.LatentGrid:
   f, h, w, _ = record["latents"].shape
   return layout.LatentGrid(f, h, w, tuple(patch))
-
-
-def windows_of(record) -> layout.TextWindows:
-  r = np.asarray(record["text_ranges"])
-  return layout.TextWindows(tuple(r[0]), tuple(tuple(x) for x in r[1:]))
 
 
 def collate(
@@ -57,7 +43,7 @@ def collate(
   with jax.default_device(jax.local_devices(backend="cpu")[0]):  # host arrays, not device 0
     shots = layout.make_batch(
       lays,
-      [windows_of(r) for r in records],
+      [layout.TextWindows.from_ranges(r["text_ranges"]) for r in records],
       max_shots=max_shots,
       max_shot_frames=max_shot_frames,
       text_len=text_len,

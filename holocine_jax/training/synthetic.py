@@ -3,19 +3,17 @@
 Each scene has 1..max_shots shots; every shot is one coloured shape moving in one direction over
 a background, and its caption names exactly that ("a red disc moving left"), so the text
 conditioning is learnable. Latents are drawn directly at latent resolution (no VAE) and text
-embeddings come from a deterministic toy embedding of the prompt's words (no umT5), so training
-runs out of the box on CPU. Sample i is a pure function of (seed, i): any host can read any
-index, in any order, and get the same record.
+embeddings come from the deterministic toy embedding of the prompt's words (`toy_text`, no
+umT5), so training runs out of the box on CPU. Sample i is a pure function of (seed, i): any
+host can read any index, in any order, and get the same record.
 Legend: F latent frames, H/W latent height/width, C latent channels, N prompt tokens,
 E text dim, S shots.
 """
 
-import re
-import zlib
-
 import numpy as np
 
 from holocine_jax import scene as scene_lib
+from holocine_jax import toy_text
 
 COLOURS = ("red", "green", "blue", "yellow", "white", "purple")
 SHAPES = ("square", "disc", "bar")
@@ -27,34 +25,6 @@ MOTIONS = {
   "standing still": (0, 0),
 }
 BACKGROUNDS = ("dark", "grey", "pale")
-EOS = "</s>"
-_TOKEN_RE = re.compile(r"\[[a-z ]+\]|[A-Za-z0-9]+")
-
-
-def word_vector(word: str, dim: int) -> np.ndarray:
-  """A fixed unit-variance vector per word (seeded by the word's CRC32)."""
-  return np.random.default_rng(zlib.crc32(word.encode())).standard_normal(dim).astype(np.float32)
-
-
-def toy_tokenize(prompt: str) -> list[str]:
-  """Words and HoloCine markers ("[shot cut]" is one token) of a prompt string."""
-  return _TOKEN_RE.findall(prompt)
-
-
-def toy_windows(tokens: list[str]) -> np.ndarray:
-  """[S+1, 2] token ranges (global, then shots) as HoloCine's prompter draws them."""
-  g, s = tokens.index(scene_lib.GLOBAL_MARKER), tokens.index(scene_lib.SHOTS_MARKER)
-  cuts = [i for i, t in enumerate(tokens) if t == scene_lib.CUT_MARKER]
-  starts = [s] + [c + 1 for c in cuts]
-  ends = [c + 1 for c in cuts] + [len(tokens)]
-  return np.asarray([(g, s), *zip(starts, ends, strict=True)], np.int32)
-
-
-def toy_text_embedding(prompt: str, dim: int) -> tuple[np.ndarray, np.ndarray]:
-  """(context [N, E] for the prompt's tokens plus EOS, text ranges [S+1, 2])."""
-  tokens = toy_tokenize(prompt)
-  context_NxE = np.stack([word_vector(t, dim) for t in tokens + [EOS]])
-  return context_NxE, toy_windows(tokens)
 
 
 def _shape_mask(name: str, dy_HxW, dx_HxW) -> np.ndarray:
@@ -67,7 +37,7 @@ def _shape_mask(name: str, dy_HxW, dx_HxW) -> np.ndarray:
 
 def background_vector(background: str, channels: int) -> np.ndarray:
   """[C] latent of a scene's background."""
-  return 0.3 * word_vector(background, channels)
+  return 0.3 * toy_text.word_vector(background, channels)
 
 
 def shot_masks(shape: str, motion: str, cy, cx, frames: int, height: int, width: int):
@@ -85,7 +55,7 @@ def shot_masks(shape: str, motion: str, cy, cx, frames: int, height: int, width:
 
 def _draw_shot(rng, colour, shape, motion, bg_C, frames: int, height: int, width: int):
   """[frames, H, W, C] latents of one shape moving on a torus over a constant background."""
-  colour_C = word_vector(colour, bg_C.shape[0])
+  colour_C = toy_text.word_vector(colour, bg_C.shape[0])
   cy, cx = rng.uniform(0, height), rng.uniform(0, width)
   mask_FxHxW = shot_masks(shape, motion, cy, cx, frames, height, width)
   return bg_C + mask_FxHxW[..., None] * colour_C
@@ -179,7 +149,7 @@ class SyntheticSource:
         for shot, a, b in zip(shots, bounds, bounds[1:], strict=False)
       ]
     )
-    context_NxE, ranges = toy_text_embedding(scene.prompt(), self.text_dim)
+    context_NxE, ranges = toy_text.toy_text_embedding(scene.prompt(), self.text_dim)
     return dict(
       latents=latents,
       context=context_NxE,
