@@ -45,7 +45,7 @@ def run(attention: str, num_shots: int, args) -> tuple[float, float, int]:
     text_len=128,
   )
   context = np.concatenate([pos.context_BxTxD, neg.context_BxTxD])
-  params = dit.init_fn(config)(jax.random.key(0))
+  params = {"params": dit.init_fn(config)(jax.random.key(0))}
   noise = (
     np.random.RandomState(0)
     .randn(1, frames, args.latent, args.latent, config.in_channels)

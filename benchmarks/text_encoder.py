@@ -24,7 +24,7 @@ from transformers import UMT5Config as HFConfig  # noqa: E402
 from transformers import UMT5EncoderModel  # noqa: E402
 
 from holocine_jax.model import umt5  # noqa: E402
-from holocine_jax.weights import keymap  # noqa: E402
+from holocine_jax.weights import formats, keymap  # noqa: E402
 from holocine_jax.weights import transformers_umt5 as tu  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def main():
       vocab_size=a.vocab, d_model=a.d_model, d_kv=a.d_kv, num_heads=a.heads, d_ff=a.d_ff,
       num_layers=a.layers, param_dtype=dtype, dtype=dtype,
     )  # fmt: skip
-    params = jax.device_put(keymap.convert(state, tu.RULES, umt5.abstract_params(config)[0]))
+    params = jax.device_put(keymap.convert(state, tu.RULES, formats.abstract("umt5", config)[0]))
     args = (params, jnp.asarray(ids), jnp.asarray(mask))
     fn = jax.jit(lambda p, i, m, c=config: umt5.encode(p, i, m, config=c))
     t = time.perf_counter()

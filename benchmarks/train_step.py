@@ -140,7 +140,7 @@ def _a14b(num_layers=None, remat="full"):
 def _compiled_temp(num_layers, frames):
   """Compiled temp bytes of grad(loss) for the A14B expert at `num_layers`, one device, CPU."""
   config, model = _a14b(num_layers)
-  params = jax.eval_shape(lambda k: meta.unbox(dit.init_fn(model.config)(k)),
+  params = jax.eval_shape(lambda k: {"params": meta.unbox(dit.init_fn(model.config)(k))},
                           jax.random.key(0))  # fmt: skip
   grid = layout.LatentGrid(frames, 60, 104)
   shots = layout.make_batch([layout.ShotLayout.single_shot(grid)],

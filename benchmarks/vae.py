@@ -16,7 +16,6 @@ Wan2.1 VAE at 480x832 and reports the same memory numbers for decode and encode.
 
 import argparse
 import dataclasses
-import functools
 import pathlib
 import sys
 import time
@@ -55,9 +54,7 @@ def main():
   torch.manual_seed(0)
   ref = AutoencoderKLWan(base_dim=args.base_dim).eval()
   cfg = vae.VAEConfig(base_dim=args.base_dim)
-  abstract = meta.unbox(
-    jax.eval_shape(functools.partial(vae.init_params, config=cfg), jax.random.key(0))
-  )
+  abstract = meta.unbox(jax.eval_shape(vae.init_fn(cfg), jax.random.key(0)))
   state = {k: v.numpy() for k, v in ref.state_dict().items()}
   params = jax.tree.map(jnp.asarray, keymap.convert(state, diffusers_vae.RULES, abstract))
   n_params = sum(x.size for x in jax.tree.leaves(params))
@@ -127,9 +124,7 @@ def full_memory(latent_frames):
   print("-" * len(header))
   for dtype in ("float32", "bfloat16"):
     cfg = vae.VAEConfig(dtype=dtype, param_dtype=dtype)
-    params = meta.unbox(
-      jax.eval_shape(functools.partial(vae.init_params, config=cfg), jax.random.key(0))
-    )
+    params = meta.unbox(jax.eval_shape(vae.init_fn(cfg), jax.random.key(0)))
     for op, fn in (("decode", vae.decode), ("encode", vae.encode)):
       for t in latent_frames:
         frames = 4 * (t - 1) + 1

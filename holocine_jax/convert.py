@@ -1,4 +1,4 @@
-"""Converts HoloCine / Wan2.2 / diffusers PyTorch weights into orbax checkpoints, and loads them.
+"""Converts HoloCine / Wan2.2 / diffusers PyTorch weights into orbax checkpoints.
 
   python -m holocine_jax.convert --src checkpoints/ --format holocine --param_dtype bfloat16 \
       --out /data/holocine_full
@@ -20,8 +20,8 @@ Parameters are streamed one at a time into their shardings (see weights/loader.p
 chunks with orbax partial saves, so the devices hold at most one chunk (`--chunk_mb`, or the
 largest parameter) and the host about one parameter's local slice. Everything is written into
 `.<out>.partial` next to `--out` (a local or mounted path) and renamed at the end: a killed
-conversion leaves no directory that looks complete.
-`load(directory, component, mesh, rules)` restores a component straight into its shardings.
+conversion leaves no directory that looks complete. weights/store.py reads what was written
+(`store.load(directory, component, mesh, rules)` restores a component into its shardings).
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ from orbax.checkpoint.experimental import v1 as ocp
 
 from holocine_jax import config_file, sharding
 from holocine_jax.model.config import DiTConfig
-from holocine_jax.weights import formats, loader
+from holocine_jax.weights import formats, loader, store
 
-RECORD = "convert.json"
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 DEFAULT_CONFIG = os.path.join(CONFIGS, "wan22_t2v_a14b.py")
 # (dim, num_layers) -> the Wan DiT of that size
@@ -224,43 +223,13 @@ def convert(
         entry["architecture"] = architecture
       record["components"][component.name] = entry
     record["seconds"] = round(time.time() - start, 3)
-    with open(os.path.join(tmp, RECORD), "w") as f:
+    with open(os.path.join(tmp, store.RECORD), "w") as f:
       json.dump(record, f, indent=2)
     os.rename(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
-  return info(out)
-
-
-def info(directory: str) -> dict:
-  """The conversion record (`convert.json`) of a converted directory."""
-  path = os.path.join(directory, RECORD)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{directory} is not a converted checkpoint (no {RECORD})")
-  with open(path) as f:
-    return json.load(f)
-
-
-def component_config(directory: str, component: str):
-  """(model kind, config dataclass) the component was converted for."""
-  components = info(directory)["components"]
-  if component not in components:
-    raise KeyError(f"{directory} has no component {component!r}; it has {sorted(components)}")
-  entry = components[component]
-  return entry["kind"], formats.config_from_dict(entry["kind"], entry["config"])
-
-
-def load(directory: str, component: str, mesh, rules):
-  """Restores a converted component ('high', 'low', 'text_encoder', 'vae') directly into its
-  shardings on `mesh` under the logical `rules`; returns the param tree."""
-  kind, config = component_config(directory, component)
-  shapes, specs = formats.abstract(kind, config)
-  shardings = loader.param_shardings(specs, mesh, rules)
-  target = jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
-  )
-  return ocp.load_pytree(os.path.join(directory, component), target)
+  return store.info(out)
 
 
 def main(argv=None) -> dict:

@@ -28,17 +28,16 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
 
 import jax
 import numpy as np
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from holocine_jax import convert, sharding
+from holocine_jax import sharding
 from holocine_jax.files import write_json
 from holocine_jax.model.config import DiTConfig
-from holocine_jax.weights import diffusers_dit, formats, restore, wan_dit, writer
+from holocine_jax.weights import diffusers_dit, formats, store, wan_dit, writer
 
 RECORD = "export.json"
 DTYPES = ("keep", "float32", "bfloat16")
@@ -121,45 +120,6 @@ def location(fmt: str, component: str, variant: str) -> tuple[str, str | None]:
   pattern = next(p for name, _, p in formats.LAYOUTS[fmt] if name == component)
   folder, name = os.path.split(pattern.format(variant=variant).removeprefix("**/"))
   return folder, None if "*" in name else name
-
-
-@dataclasses.dataclass(frozen=True)
-class Source:
-  """What --checkpoint holds: its model config, the step read, and (experts, loader) pairs."""
-
-  kind: str  # "converted" | "training"
-  config: DiTConfig
-  step: int | None
-  experts: tuple[tuple[tuple[str, ...], Callable], ...]  # ((names, (mesh, rules) -> params), ...)
-
-
-def open_source(checkpoint: str, step: int | None = None, config: str | None = None) -> Source:
-  """Reads what a converted folder or training workdir holds; nothing is loaded yet."""
-  if not os.path.isdir(checkpoint):
-    raise FileNotFoundError(f"--checkpoint {checkpoint!r} does not exist")
-  if os.path.isfile(os.path.join(checkpoint, convert.RECORD)):
-    if step is not None:
-      raise ValueError(f"--step is for training workdirs; {checkpoint} is a converted folder")
-    names = [n for n in ("high", "low") if n in convert.info(checkpoint)["components"]]
-    if not names:
-      raise ValueError(f"{checkpoint} holds no DiT expert (converted components: high, low)")
-    model = convert.component_config(checkpoint, names[0])[1]
-    loaders = tuple(
-      ((n,), lambda mesh, rules, n=n: convert.load(checkpoint, n, mesh, rules)) for n in names
-    )
-    return Source("converted", model, None, loaders)
-  if restore.is_workdir(checkpoint):
-    step = restore.resolve_step(checkpoint, step)
-    cfg = restore.config(checkpoint, config)
-    model = DiTConfig.from_config(cfg.model)
-    expert = cfg.train.get("expert", "all")
-    names = ("high", "low") if expert == "all" else (expert,)
-    load = lambda mesh, rules: restore.params(checkpoint, step, model, mesh, rules)
-    return Source("training", model, step, ((names, load),))
-  raise FileNotFoundError(
-    f"--checkpoint {checkpoint} is neither a converted folder ({convert.RECORD}) nor a training "
-    "workdir (checkpoints/)"
-  )
 
 
 def _lookup(flat: dict):
@@ -254,7 +214,7 @@ def export(
     raise ValueError(f"unknown format {fmt!r}; known: {', '.join(RULES)}")
   if dtype not in DTYPES:
     raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
-  source = open_source(checkpoint, step, config)
+  source = store.source(checkpoint, step, config)
   out = os.path.abspath(out.rstrip("/"))
   request = dict(source=os.path.abspath(checkpoint), step=source.step, format=fmt, dtype=dtype)
   writes = jax.process_index() == 0
@@ -269,8 +229,8 @@ def export(
   rules = sharding.DEFAULT_LOGICAL_RULES
   files = {}
   with writer.atomic_dir(out, writes) as tmp:
-    for names, load in source.experts:
-      params = load(mesh, rules)
+    for names in source.experts:
+      params = source.load(names, mesh, rules)
       kinds = {x.dtype for x in jax.tree.leaves(params)}
       if dtype == "keep" and len(kinds) > 1:
         raise ValueError(f"params mix dtypes {sorted(map(str, kinds))}; pass --dtype")

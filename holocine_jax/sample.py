@@ -6,19 +6,23 @@
   python -m holocine_jax.sample --config configs/tiny.py --checkpoint /tmp/holocine_tiny \
       --scenes s.jsonl --out out/
 
-`--checkpoint` is a directory written by `python -m holocine_jax.convert` (components `high`,
-`low`, `text_encoder`, `vae`) or a training workdir (`python -m holocine_jax.train`: its newest
-step, or `--step N`; only the params are restored, cast to the config's param_dtype as they are
-read, straight into the sampling shardings; a model trained for one expert serves every step;
-the text encoder and decoder are then `toy` / `latent_rgb`). Its model must have the config's
-architecture (one error names the fields that differ). Before the model is built, `--out` is
-locked for this job (a second job on it fails) and every line is validated completely (types and
-the model's limits); a bad line is reported with its line number and skipped. Rerunning skips a
-finished scene only if nothing that determines its video changed (request, model, sampler,
-decoder, weights: the workdir and step; see `setup`), and generates a changed one again. See
-sampling/requests.py for the line format. Exit codes: 0 every scene done or skipped; 1 a bad
-line or a failed scene (the printed JSON summary lists them); any other error (a config value,
-`--out`, the checkpoint) raises.
+`--checkpoint` is a directory written by `python -m holocine_jax.convert` (components `high`, `low`,
+`text_encoder`, `vae`) or a training workdir (`python -m holocine_jax.train`: its newest step, or
+`--step N`; only the params are restored, cast to the config's param_dtype as they are read,
+straight into the sampling shardings; a model trained for one expert serves every step; the text
+encoder and decoder are then `toy` / `latent_rgb`); weights/store.py tells the two apart. Its model
+must have the config's architecture (one error names the fields that differ), and a workdir's model
+the attention it was trained with (model.self_attention full / sparse,
+model.window_cross_attention): sampling otherwise computes something else with the same params, so
+it fails naming the `--set`s that sample as trained; `--allow_attention_change` samples with the
+config's attention on purpose (e.g. a full-attention model with sparse attention). The checks run
+before anything is loaded. Before the model is built, `--out` is locked for this job (a second job
+on it fails) and every line is validated completely (types and the model's limits); a bad line is
+reported with its line number and skipped. Rerunning skips a finished scene only if nothing that
+determines its video changed (request, model, sampler, decoder, weights: the workdir and step; see
+`setup`), and generates a changed one again. See sampling/requests.py for the line format. Exit
+codes: 0 every scene done or skipped; 1 a bad line or a failed scene (the printed JSON summary lists
+them); any other error (a config value, `--out`, the checkpoint) raises.
 """
 
 from __future__ import annotations
@@ -31,13 +35,13 @@ import sys
 
 import jax
 
-from holocine_jax import config_file, convert, sharding, text, video
+from holocine_jax import config_file, sharding, text, video
 from holocine_jax.model import dit, vae
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
 from holocine_jax.sampling import generator, job, requests, text_backends
 from holocine_jax.sampling.pipeline import SamplerConfig
-from holocine_jax.weights import formats, restore
+from holocine_jax.weights import formats, store
 
 # request field -> the config key giving its default
 _DEFAULT_KEYS = dict(
@@ -48,97 +52,89 @@ _DEFAULT_KEYS = dict(
   guidance="sampler.guidance_high / sampler.guidance_low",
   negative_prompt="sample.negative_prompt",
 )
+# model fields that change what a trained DiT computes without changing its params
+ATTENTION_FIELDS = ("self_attention", "window_cross_attention")
 
 
-def check_architecture(
-  what: str, stored: DiTConfig, model: DiTConfig, fields=formats.DIT_SHAPE_FIELDS
+def check_model(
+  what: str,
+  stored: DiTConfig,
+  model: DiTConfig,
+  fields=formats.DIT_SHAPE_FIELDS,
+  fix: str = "sample with the config it was made with",
 ):
   """Raises ValueError naming every field of `fields` in which `stored` (what `what` holds)
-  differs from the sampling config's `model`."""
+  differs from the sampling config's `model`, both values, and `fix`."""
   differ = [
-    f"{f}={getattr(stored, f)} (config: {getattr(model, f)})"
+    f"model.{f}={getattr(stored, f)} (config: {getattr(model, f)})"
     for f in fields
     if getattr(stored, f) != getattr(model, f)
   ]
   if differ:
-    raise ValueError(f"{what} has {', '.join(differ)}; sample with the config it was made with")
+    raise ValueError(f"{what} has {', '.join(differ)}; {fix}")
 
 
-def workdir_step(config, checkpoint: str | None, step: int | None) -> int | None:
-  """For a training workdir: the step to sample (`step`, else its newest), after checking its
-  config.json's model against `config`; None for a converted folder or no checkpoint."""
-  if not (checkpoint and restore.is_workdir(checkpoint)):
-    if checkpoint and not os.path.isfile(os.path.join(checkpoint, convert.RECORD)):
-      raise FileNotFoundError(
-        f"--checkpoint {checkpoint} is neither a converted folder ({convert.RECORD}) nor a "
-        "training workdir (checkpoints/)"
-      )
+def open_checkpoint(
+  config, checkpoint: str | None, step: int | None, allow_attention_change: bool = False
+) -> store.Source | None:
+  """The DiT experts `checkpoint` holds (None without one) after checking them against
+  `config`'s model: the architecture and, for a training workdir, the attention it was trained
+  with; a workdir's params are then read into the sampling model (its param_dtype)."""
+  if not checkpoint:
     if step is not None:
-      raise ValueError(f"--step is for training workdirs; --checkpoint {checkpoint} is not one")
+      raise ValueError("--step is for training workdirs; no --checkpoint was given")
     return None
-  trained = DiTConfig.from_config(restore.config(checkpoint).model)
+  source = store.source(checkpoint, step)
   model = DiTConfig.from_config(config.model)
-  check_architecture(
-    f"training workdir {checkpoint}", trained, model, (*formats.DIT_SHAPE_FIELDS, "scan_layers")
-  )
-  return restore.resolve_step(checkpoint, step)
+  if source.kind == "converted":
+    if "high" not in source.experts[0]:
+      raise FileNotFoundError(f"{checkpoint} has no 'high' (or single) expert; it has 'low' only")
+    for (name,) in source.experts:
+      check_model(f"{checkpoint}/{name}", store.component_config(checkpoint, name)[1], model)
+    return source
+  what, trained = f"training workdir {checkpoint}", source.config
+  check_model(what, trained, model, (*formats.DIT_SHAPE_FIELDS, "scan_layers"))
+  if not allow_attention_change:
+    as_trained = " ".join(f"--set model.{f}={getattr(trained, f)}" for f in ATTENTION_FIELDS)
+    fix = f"sample as trained ({as_trained}) or pass --allow_attention_change"
+    check_model(what, trained, model, ATTENTION_FIELDS, fix)
+  return dataclasses.replace(source, config=model)
 
 
-def _experts(model: WanDiT, config, checkpoint, step, random_init: bool, mesh, rules):
-  """(high, low or None) from a converted checkpoint, a training workdir's `step` or a random
-  init: param trees, or with `sample.swap_experts` loaders that restore an expert just before
-  its denoising stage."""
-  if step is not None:
-    expert = restore.config(checkpoint).train.get("expert", "all")
-    if expert != "all":
-      print(f"{checkpoint} trained the {expert}-noise expert only: it serves every step")
-    load = lambda: {"params": restore.params(checkpoint, step, model.config, mesh, rules)}
-    return (load if config.sample.swap_experts else load()), None
-  if checkpoint:
-    found = convert.info(checkpoint)["components"]
-    experts = []
-    for name in ("high", "low"):
-      if name not in found:
-        experts.append(None)
-        continue
-      _, stored = convert.component_config(checkpoint, name)
-      check_architecture(f"{checkpoint}/{name}", stored, model.config)
-      load = lambda name=name: {"params": convert.load(checkpoint, name, mesh, rules)}
-      experts.append(load if config.sample.swap_experts else load())
-    if experts[0] is None:
-      raise FileNotFoundError(f"{checkpoint} has no 'high' (or single) expert; it has {found}")
-    return experts[0], experts[1]
-  if not random_init:
-    raise ValueError("give --checkpoint (a converted directory) or --random_init (smoke tests)")
-  init = dit.init_fn(model.config)
-  params, _ = sharding.init_sharded(init, mesh, rules, jax.random.key(config.sample.seed))
-  return params, None
+def _experts(model: WanDiT, config, source: store.Source | None, random_init: bool, mesh, rules):
+  """(high, low or None) from `source` or a random init: variable trees, or with
+  `sample.swap_experts` loaders that restore an expert just before its denoising stage."""
+  if source is None:
+    if not random_init:
+      raise ValueError("give --checkpoint (converted folder or training workdir) or --random_init")
+    init = dit.init_fn(model.config)
+    params, _ = sharding.init_sharded(init, mesh, rules, jax.random.key(config.sample.seed))
+    return {"params": params}, None
+  if source.kind == "training" and source.experts[0] != store.EXPERTS:
+    only = source.experts[0][0]
+    print(f"{source.path} trained the {only}-noise expert only: it serves every step")
+  loaders = [lambda n=names: {"params": source.load(n, mesh, rules)} for names in source.experts]
+  experts = [load if config.sample.swap_experts else load() for load in loaders]
+  return experts[0], experts[1] if len(experts) > 1 else None
 
 
-def _converted(checkpoint: str | None, what: str) -> str:
-  """`checkpoint` if it is a converted folder, else an error saying that `what` needs one."""
-  if not checkpoint or restore.is_workdir(checkpoint):
+def _converted(source: store.Source | None, what: str) -> str:
+  """The converted folder of `source`, else an error saying that `what` needs one."""
+  if source is None or source.kind != "converted":
     raise ValueError(
       f"the {what} needs --checkpoint: a converted directory with a '{what}' component (a "
       "training workdir holds only the DiT)"
     )
-  return checkpoint
+  return source.path
 
 
-def _text(config, checkpoint, tokenizer, mesh, rules):
+def _text(config, source, tokenizer, mesh, rules):
   s = config.sample
   if s.text_encoder == "toy":
     return text_backends.ToyText(config.model["text_dim"], s.text_len)
-  checkpoint = _converted(checkpoint, "text_encoder")
-  _, umt5_config = convert.component_config(checkpoint, "text_encoder")
-  return text.PromptEncoder(
-    text.Tokenizer.from_path(tokenizer or s.tokenizer),
-    umt5_config,
-    convert.load(checkpoint, "text_encoder", mesh, rules),
-    mesh,
-    rules,
-    text_len=s.text_len,
-  )
+  checkpoint = _converted(source, "text_encoder")
+  tokenizer = tokenizer or s.tokenizer
+  return text.PromptEncoder.from_checkpoint(checkpoint, tokenizer, mesh, rules, text_len=s.text_len)
 
 
 def _text_check(config, tokenizer):
@@ -164,15 +160,15 @@ def limits(config, tokenizer=None) -> requests.Limits:
   )
 
 
-def _decoder(config, checkpoint, mesh, rules):
+def _decoder(config, source, mesh, rules):
   """(latents, num_frames, height, width) -> uint8 video; raises job.NonFiniteOutputError naming
   the scenes whose latents or decoded pixels are not finite."""
   if config.sample.decoder == "latent_rgb":
     to_video = lambda latents, *size: (generator.latent_preview(latents, *size), None)
   else:
-    checkpoint = _converted(checkpoint, "vae")
-    _, vae_config = convert.component_config(checkpoint, "vae")
-    params = convert.load(checkpoint, "vae", mesh, rules)
+    checkpoint = _converted(source, "vae")
+    _, vae_config = store.component_config(checkpoint, "vae")
+    params = store.load(checkpoint, "vae", mesh, rules)
     decode = vae_decoder(vae_config)
     to_video = lambda latents, *size: decode(params, latents)
 
@@ -197,9 +193,9 @@ def vae_decoder(vae_config):
   return jax.jit(decode)
 
 
-def setup(config, *, checkpoint=None, step=None, tokenizer=None, random_init=False) -> dict:
-  """Everything besides a request that determines its video (the sidecar's fingerprint)."""
-  step = workdir_step(config, checkpoint, step)
+def setup(config, source: store.Source | None = None, *, tokenizer=None, random_init=False) -> dict:
+  """Everything besides a request that determines its video (the sidecar's fingerprint), for
+  the weights of `source` (from `open_checkpoint`) or a random init."""
   sampler = dataclasses.asdict(SamplerConfig.from_config(config.sampler))
   for per_request in ("num_steps", "guidance_high", "guidance_low"):
     del sampler[per_request]
@@ -207,36 +203,37 @@ def setup(config, *, checkpoint=None, step=None, tokenizer=None, random_init=Fal
   del sample["swap_experts"]  # memory only
   if sample["text_encoder"] != "toy":
     sample["tokenizer"] = tokenizer or sample["tokenizer"]
-  if step is not None:
-    weights = dict(training=dict(workdir=os.path.abspath(checkpoint), step=step))
-  elif checkpoint:
-    record = convert.info(checkpoint)
+  if source is None:
+    weights = dict(random_init=random_init, seed=config.sample.seed)
+  elif source.kind == "training":
+    weights = dict(training=dict(workdir=os.path.abspath(source.path), step=source.step))
+  else:
+    record = store.info(source.path)
     record.pop("seconds")
     for component in record["components"].values():
       component.pop("seconds")
     weights = dict(converted=record)
-  else:
-    weights = dict(random_init=random_init, seed=config.sample.seed)
   model = dataclasses.asdict(DiTConfig.from_config(config.model))
   return json.loads(json.dumps(dict(model=model, sampler=sampler, sample=sample, weights=weights)))
 
 
 def build(
-  config, *, checkpoint=None, step=None, tokenizer=None, random_init=False
+  config, source: store.Source | None = None, *, tokenizer=None, random_init=False
 ) -> generator.Generator:
-  step = workdir_step(config, checkpoint, step)
+  """The generator for `config` with the experts of `source` (from `open_checkpoint`) or a
+  random init."""
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.logical_rules)
   model = WanDiT(DiTConfig.from_config(config.model))
-  high, low = _experts(model, config, checkpoint, step, random_init, mesh, rules)
+  high, low = _experts(model, config, source, random_init, mesh, rules)
   s = config.sample
   return generator.Generator(
     model=model,
     sampler=SamplerConfig.from_config(config.sampler),
     params_high=high,
     params_low=low,
-    text=_text(config, checkpoint, tokenizer, mesh, rules),
-    decode=_decoder(config, checkpoint, mesh, rules),
+    text=_text(config, source, tokenizer, mesh, rules),
+    decode=_decoder(config, source, mesh, rules),
     mesh=mesh,
     rules=rules,
     max_shots=s.max_shots,
@@ -256,6 +253,11 @@ def main(argv=None) -> job.JobReport:
   parser.add_argument("--step", type=int, default=None, help="workdir step (default: newest)")
   parser.add_argument("--tokenizer", default=None, help="umT5 tokenizer.json / spiece.model")
   parser.add_argument("--random_init", action="store_true", help="random weights (smoke runs)")
+  parser.add_argument(
+    "--allow_attention_change",
+    action="store_true",
+    help="sample a training workdir with other attention than it was trained with",
+  )
   parser.add_argument("--set", action="append", default=[], help="config override key=value")
   parser.add_argument("--no_progress", action="store_true")
   args = parser.parse_args(argv)
@@ -270,18 +272,17 @@ def main(argv=None) -> job.JobReport:
     negative_prompt=s.negative_prompt,
   )
   requests.check_defaults(defaults, _DEFAULT_KEYS)
-  step = workdir_step(config, args.checkpoint, args.step)
-  weights = dict(
-    checkpoint=args.checkpoint, step=step, tokenizer=args.tokenizer, random_init=args.random_init
-  )
+  source = open_checkpoint(config, args.checkpoint, args.step, args.allow_attention_change)
+  step = None if source is None else source.step
+  weights = dict(tokenizer=args.tokenizer, random_init=args.random_init)
   mesh = sharding.make_mesh(config.mesh)
   with job.exclusive(args.out):
     items = list(requests.read(args.scenes, defaults, limits(config, args.tokenizer)))
     report = job.run(
       items,
-      lambda: build(config, **weights),
+      lambda: build(config, source, **weights),
       args.out,
-      setup=setup(config, **weights),
+      setup=setup(config, source, **weights),
       batch_size=sharding.batch_shards(mesh, sharding.logical_rules(config.logical_rules)),
       fps=s.fps,
       metadata=dict(config=args.config, overrides=args.set, checkpoint=args.checkpoint, step=step),

@@ -34,6 +34,7 @@ from holocine_jax import sharding
 from holocine_jax.layout import TextWindows
 from holocine_jax.model import umt5
 from holocine_jax.scene import CUT_MARKER, GLOBAL_MARKER, SHOTS_MARKER, Scene
+from holocine_jax.weights import store
 
 try:  # Wan cleans with the `regex` package; its \s matches Unicode White_Space.
   import regex as _re
@@ -323,17 +324,28 @@ class PromptEncoder:
     rules,
     *,
     text_len: int = TEXT_LEN,
-    shardings=None,
   ):
+    """`params` are placed on `mesh` (e.g. by `store.load` or `sharding.init_sharded`): the
+    encoder is jitted for their shardings."""
     if tokenizer.vocab_size > config.vocab_size:
       raise ValueError(
         f"tokenizer has {tokenizer.vocab_size} ids but the encoder embeds {config.vocab_size}"
       )
     self.tokenizer, self.config, self.params = tokenizer, config, params
     self.text_len = text_len
-    shardings = umt5.param_shardings(config, mesh, rules) if shardings is None else shardings
+    shardings = jax.tree.map(lambda x: x.sharding, params)
     self._encode = umt5.make_encode_fn(config, mesh, rules, shardings)
     self._batch_multiple = sharding.batch_shards(mesh, rules)
+
+  @classmethod
+  def from_checkpoint(
+    cls, checkpoint: str, tokenizer: str, mesh, rules, *, text_len: int = TEXT_LEN
+  ) -> PromptEncoder:
+    """The umT5 `text_encoder` of a converted folder, restored onto `mesh`, with the tokenizer
+    at the path `tokenizer` (see `Tokenizer.from_path`)."""
+    _, config = store.component_config(checkpoint, "text_encoder")
+    params = store.load(checkpoint, "text_encoder", mesh, rules)
+    return cls(Tokenizer.from_path(tokenizer), config, params, mesh, rules, text_len=text_len)
 
   def encode(self, prompts: Sequence[Scene | str], *, truncate: bool = False) -> EncodedText:
     """[B, T, D] context + windows (None for plain strings), B = len(prompts)."""

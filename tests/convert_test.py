@@ -17,10 +17,10 @@ from safetensors.torch import save_file
 from transformers import UMT5Config as HFConfig
 from transformers import UMT5EncoderModel
 
-from holocine_jax import config_file, convert, export, sharding
+from holocine_jax import config_file, convert, export, sample, sharding
 from holocine_jax.model import umt5, vae
 from holocine_jax.model.dit import WanDiT
-from holocine_jax.weights import diffusers_dit, formats, keymap, loader, reader
+from holocine_jax.weights import diffusers_dit, formats, keymap, loader, reader, store
 from tests import keymap_test, umt5_test
 from tests import wan_reference as ref
 
@@ -210,10 +210,10 @@ _encode = jax.jit(umt5.encode, static_argnames="config")
 
 
 def _check_dit(out, name, torch_model, mesh):
-  kind, config = convert.component_config(out, name)
+  kind, config = store.component_config(out, name)
   assert kind == "dit" and config.scan_layers
   config = dataclasses.replace(config, window_cross_attention=False)
-  params = convert.load(out, name, mesh, RULES)
+  params = store.load(out, name, mesh, RULES)
   rng = np.random.RandomState(0)
   x = rng.randn(1, 3, 4, 4, 4).astype(np.float32)
   t, ctx = np.array([700.0], np.float32), rng.randn(1, 8, 24).astype(np.float32)
@@ -223,8 +223,8 @@ def _check_dit(out, name, torch_model, mesh):
 
 
 def _check_t5(out, torch_model, mesh):
-  kind, config = convert.component_config(out, "text_encoder")
-  params = convert.load(out, "text_encoder", mesh, RULES)
+  kind, config = store.component_config(out, "text_encoder")
+  params = store.load(out, "text_encoder", mesh, RULES)
   rng = np.random.default_rng(0)
   ids = rng.integers(0, 128, (2, 24)).astype(np.int32)
   mask = np.arange(24)[None] < np.array([[24], [13]])
@@ -240,8 +240,8 @@ _decode = jax.jit(vae.decode, static_argnums=2, compiler_options=_FAST)
 
 
 def _check_vae(out, torch_model, mesh):
-  kind, config = convert.component_config(out, "vae")
-  params = convert.load(out, "vae", mesh, RULES)
+  kind, config = store.component_config(out, "vae")
+  params = store.load(out, "vae", mesh, RULES)
   z = np.random.RandomState(0).randn(1, 1, 2, 2, 4).astype(np.float32)
   got = np.asarray(_decode(params, jnp.asarray(z), config))
   zz = z * np.asarray(STD, np.float32) + np.asarray(MEAN, np.float32)
@@ -257,7 +257,7 @@ def test_round_trip(fmt, converted, models, mesh8):
   assert record["format"] == fmt
   names = ["high", "low"] + ([] if fmt == "holocine" else ["text_encoder", "vae"])
   assert sorted(record["components"]) == names
-  assert convert.info(out) == record and not os.path.exists(out + ".partial")
+  assert store.info(out) == record and not os.path.exists(out + ".partial")
   dit, t5, vae_naming = ("wan_dit", "wan_t5", "wan_vae")
   if fmt == "diffusers":
     dit, t5, vae_naming = ("diffusers_dit", "transformers_umt5", "diffusers_vae")
@@ -278,6 +278,28 @@ def test_round_trip(fmt, converted, models, mesh8):
   assert _check_dit(out, "low", models["high"], mesh8) > 1e-2
 
 
+def test_sample_from_a_converted_folder(converted, config_path, tmp_path):
+  """The sampler restores both experts and the VAE decoder of a converted folder (toy text:
+  tiny's DiT takes 24-dim context, the converted umT5 gives 32)."""
+  _, out, record = converted("diffusers")
+  scenes = tmp_path / "scenes.jsonl"
+  scene = dict(id="one", global_caption="Shapes.", shot_captions=["a disc", "a box"], num_frames=9)
+  scenes.write_text(json.dumps(scene) + "\n")
+  argv = ["--config", config_path, "--checkpoint", out, "--scenes", str(scenes), "--out",
+          str(tmp_path / "videos"), "--no_progress", "--set", "sampler.num_steps=2",
+          "--set", "sample.decoder=vae"]  # fmt: skip
+  report = sample.main(argv)
+  assert report.done == ["one"] and report.exit_code == 0
+  with open(tmp_path / "videos" / "one.json") as f:
+    weights = json.load(f)["setup"]["weights"]
+  assert sorted(weights["converted"]["components"]) == sorted(record["components"])
+  with pytest.raises(ValueError, match="--step is for training workdirs; .* is a converted folder"):
+    sample.main([*argv, "--step", "1"])
+  config = config_file.load(config_path, ["model.num_layers=3"])
+  with pytest.raises(ValueError, match=r"/high has model.num_layers=2 \(config: 3\); sample with"):
+    sample.open_checkpoint(config, out, None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Sharding, lazy slices, dtypes.
 
@@ -285,7 +307,7 @@ def test_round_trip(fmt, converted, models, mesh8):
 def test_sharded_load_equals_single_device(converted, mesh8):
   root, out, _ = converted("diffusers")
   one = sharding.make_mesh({"fsdp": -1}, devices=jax.devices()[:1])
-  many, single = convert.load(out, "high", mesh8, RULES), convert.load(out, "high", one, RULES)
+  many, single = store.load(out, "high", mesh8, RULES), store.load(out, "high", one, RULES)
   jax.tree.map(
     lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), many, single
   )
@@ -295,7 +317,7 @@ def test_sharded_load_equals_single_device(converted, mesh8):
   assert len({s.device for s in q.addressable_shards}) == 8
   assert single["blocks"]["self_attn"]["q"]["kernel"].addressable_shards[0].data.shape == q.shape
   # straight from the PyTorch files, no orbax: the same arrays in the same shardings
-  _, config = convert.component_config(out, "high")
+  _, config = store.component_config(out, "high")
   component = formats.find_components(root, "diffusers")[1][0]
   direct = loader.load_component(component, config, mesh8, RULES)
   jax.tree.map(
@@ -398,7 +420,7 @@ def test_bf16_pth_is_read_as_bf16(models, config_path, tmp_path, mesh8):
   out, run = _cli(root, config_path, *args)
   record = run()
   assert record["components"]["text_encoder"]["dtype"] == "bfloat16"
-  params = convert.load(out, "text_encoder", mesh8, RULES)
+  params = store.load(out, "text_encoder", mesh8, RULES)
   table = params["token_embedding"]
   assert table.dtype == jnp.bfloat16
   want = models["text_encoder"].shared.weight.detach().to(torch.bfloat16).float().numpy()
@@ -538,7 +560,7 @@ _ARCH = dict(dim=32, num_layers=2, num_heads=2, ffn_dim=64, freq_dim=32, text_di
 
 
 def _arch(out, name="high"):
-  config = convert.component_config(out, name)[1]
+  config = store.component_config(out, name)[1]
   return {k: getattr(config, k) for k in _ARCH}
 
 
@@ -553,7 +575,7 @@ def test_architecture_from_config_json_without_config(converted, models, tmp_pat
   root = _write_wan(str(tmp_path / "wan"), models)
   config = os.path.join(root, "high_noise_model", "config.json")
   with open(config, "w") as f:  # Wan's own config.json, as export writes it
-    json.dump(export.wan_config(convert.component_config(out, "high")[1]), f)
+    json.dump(export.wan_config(store.component_config(out, "high")[1]), f)
   args = ["--src", root, "--no_progress", "--components", "high", "--out"]
   record = convert.main([*args, str(tmp_path / "w")])
   assert record["components"]["high"]["architecture"] == (

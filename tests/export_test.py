@@ -18,7 +18,7 @@ from holocine_jax import convert, export
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
 from holocine_jax.training import loop
-from holocine_jax.weights import diffusers_dit, formats, keymap, reader
+from holocine_jax.weights import diffusers_dit, formats, keymap, reader, store
 from tests import convert_test, dit_test
 from tests import wan_reference as ref
 
@@ -166,7 +166,7 @@ def test_export_from_training_workdir(tmp_path):
 def test_bad_inputs(tmp_path, capsys, argv, error, match):
   converted = tmp_path / "c"
   converted.mkdir()
-  (converted / convert.RECORD).write_text(json.dumps({"components": {}}))
+  (converted / store.RECORD).write_text(json.dumps({"components": {}}))
   base = {"--checkpoint": str(converted), "--format": "holocine", "--out": str(tmp_path / "o")}
   base.update(zip(argv[::2], argv[1::2], strict=True))
   with pytest.raises(error, match=match):

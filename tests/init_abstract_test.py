@@ -33,7 +33,7 @@ def test_dit_init_lowers_on_a_deviceless_tpu_mesh(tpu_mesh, arg):
     compiled = jax.jit(init, out_shardings=shardings).lower(key).compile()
   out = meta.unbox(compiled.output_shardings)
   assert jax.tree.structure(out) == jax.tree.structure(meta.unbox(abstract))
-  embedding = out["params"]["patch_embedding"]["kernel"]
+  embedding = out["patch_embedding"]["kernel"]
   assert embedding.mesh.devices.flat[0].platform == "tpu"
 
 

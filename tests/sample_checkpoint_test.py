@@ -1,6 +1,7 @@
 """Sampling from a training workdir: the params come back as trained (cast to the sampling
 dtype, in the sampling shardings), a scene is sampled from the newest or a given step, and a
-missing step or another architecture fails with one clear error before any model is built."""
+missing step, another architecture or other attention (unless allowed) fails with one clear
+error before any model is built."""
 
 import json
 import os
@@ -52,7 +53,7 @@ def test_restored_params_are_the_trained_ones_in_the_sampling_dtype(trained, mon
   workdir, params = trained
   config = config_file.load("configs/tiny.py", ["model.param_dtype=bfloat16"])
   start = time.perf_counter()
-  gen = sample.build(config, checkpoint=workdir)
+  gen = sample.build(config, sample.open_checkpoint(config, workdir, None))
   print(f"build with restore: {time.perf_counter() - start:.2f} s")
   assert gen.params_low is None  # train.expert=all: one model for every step
   restored = gen.params_high["params"]
@@ -64,9 +65,9 @@ def test_restored_params_are_the_trained_ones_in_the_sampling_dtype(trained, mon
   )
   q = restored["blocks"]["self_attn"]["q"]["kernel"]  # [layers, embed (fsdp), heads, head_dim]
   assert len(q.sharding.device_set) == 8 and q.addressable_shards[0].data.shape == (2, 4, 2, 16)
+  step_1 = sample.build(config, sample.open_checkpoint(config, workdir, 1)).params_high["params"]
   assert not np.array_equal(  # the step-1 checkpoint differs: steps really are told apart
-    sample.build(config, checkpoint=workdir, step=1).params_high["params"]["head"]["kernel"],
-    restored["head"]["kernel"],
+    step_1["head"]["kernel"], restored["head"]["kernel"]
   )
 
 
@@ -90,10 +91,18 @@ def test_sample_a_scene_from_the_workdir(trained, tmp_path, monkeypatch):
     (
       ["--set", "model.num_layers=3", "--set", "model.ffn_dim=128"],
       ValueError,
-      r"training workdir .* has num_layers=2 \(config: 3\), ffn_dim=64 \(config: 128\); sample "
-      "with the config it was made with",
+      r"training workdir .* has model.num_layers=2 \(config: 3\), model.ffn_dim=64 \(config: "
+      r"128\); sample with the config it was made with",
     ),
-    (["--set", "model.scan_layers=false"], ValueError, r"scan_layers=True \(config: False\)"),
+    (["--set", "model.scan_layers=false"], ValueError, r"model.scan_layers=True \(config: False\)"),
+    (
+      ["--set", "model.self_attention=sparse", "--set", "model.window_cross_attention=false"],
+      ValueError,
+      r"training workdir .* has model.self_attention=full \(config: sparse\), "
+      r"model.window_cross_attention=True \(config: False\); sample as trained \(--set "
+      r"model.self_attention=full --set model.window_cross_attention=True\) or pass "
+      "--allow_attention_change",
+    ),
   ],
 )
 def test_bad_step_or_architecture_fails_before_building(
@@ -109,7 +118,19 @@ def test_bad_step_or_architecture_fails_before_building(
 def test_step_needs_a_workdir_and_a_checkpoint_must_be_one_of_two_kinds(tmp_path, monkeypatch):
   monkeypatch.chdir(ROOT)
   argv = _argv(str(tmp_path), tmp_path, "--step", "1")
-  with pytest.raises(ValueError, match="--step is for training workdirs; --checkpoint None is"):
+  with pytest.raises(ValueError, match="--step is for training workdirs; no --checkpoint was"):
     sample.main([*argv[:2], "--random_init", *argv[4:]])
   with pytest.raises(FileNotFoundError, match="is neither a converted folder"):
     sample.main(argv)
+
+
+def test_attention_change_is_sampled_when_allowed(trained, monkeypatch):
+  monkeypatch.chdir(ROOT)
+  config = config_file.load("configs/tiny.py", ["model.self_attention=sparse"])
+  with pytest.raises(ValueError, match=r"model.self_attention=full \(config: sparse\)"):
+    sample.open_checkpoint(config, trained[0], None)
+  source = sample.open_checkpoint(config, trained[0], None, allow_attention_change=True)
+  assert source.kind == "training" and source.step == 2 and source.experts == (("high", "low"),)
+  assert source.config.self_attention == "sparse"  # the params are read for the config's model
+  setup = sample.setup(config, source)
+  assert setup["model"]["self_attention"] == "sparse"  # the fingerprint tells the videos apart

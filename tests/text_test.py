@@ -342,8 +342,8 @@ def test_prompt_encoder_api(tok):
   )  # fmt: skip
   mesh = sharding.make_mesh({"data": -1})
   rules = sharding.DEFAULT_LOGICAL_RULES
-  params, shardings = umt5.init_params(config, mesh, rules, jax.random.key(1))
-  enc = text.PromptEncoder(tok, config, params, mesh, rules, text_len=128, shardings=shardings)
+  params, _ = sharding.init_sharded(umt5.init_fn(config), mesh, rules, jax.random.key(1))
+  enc = text.PromptEncoder(tok, config, params, mesh, rules, text_len=128)
   pos, neg = enc.encode_for_cfg(SCENES[:2], "blurry, low quality, static")
   assert pos.context_BxTxD.shape == (2, 128, 32) and neg.context_BxTxD.shape == (2, 128, 32)
   assert neg.windows == [None, None]

@@ -54,7 +54,7 @@ def test_padded_frames_add_nothing_to_the_loss_or_gradient():
   source, shapes = _source(config)
   sample = source[next(i for i, s in enumerate(shapes) if s[0] == 4)]
   model = WanDiT(DiTConfig.from_config(config.model))
-  params = meta.unbox(init_fn(model.config)(jax.random.key(0)))
+  params = {"params": meta.unbox(init_fn(model.config)(jax.random.key(0)))}
   fm = loss_lib.FlowMatching.from_config(config.train)
 
   def loss_fn(params, latents, batch):

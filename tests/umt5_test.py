@@ -15,7 +15,7 @@ from transformers import UMT5EncoderModel
 
 from holocine_jax import sharding
 from holocine_jax.model import umt5
-from holocine_jax.weights import keymap
+from holocine_jax.weights import formats, keymap
 from holocine_jax.weights import transformers_umt5 as tu
 
 TINY = dict(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)
@@ -93,7 +93,7 @@ def test_relative_buckets_match_transformers():
 def test_parity_with_transformers_fp32(scan, pad):
   model = _hf_model()
   config = _config(scan_layers=scan)
-  params = keymap.convert(_state(model), tu.rules(scan), umt5.abstract_params(config)[0])
+  params = keymap.convert(_state(model), tu.rules(scan), formats.abstract("umt5", config)[0])
   ids, mask = _inputs(pad_from=97 if pad else None)
   want = _reference(model, ids, mask)
   got = np.asarray(jax.jit(lambda p, i, m: umt5.encode(p, i, m, config=config))(params, ids, mask))
@@ -129,7 +129,7 @@ def to_wan_names(hf_state: dict, num_layers: int) -> dict:
 
 def test_wan_names_give_the_same_params():
   hf_state = _state(_hf_model())
-  target = umt5.abstract_params(_config())[0]
+  target = formats.abstract("umt5", _config())[0]
   a = keymap.convert(hf_state, tu.RULES, target)
   b = keymap.convert(to_wan_names(hf_state, TINY["num_layers"]), tu.WAN_RULES, target)
   jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -137,7 +137,7 @@ def test_wan_names_give_the_same_params():
 
 def test_keymap_reports_problems():
   state = _state(_hf_model())
-  target = umt5.abstract_params(_config())[0]
+  target = formats.abstract("umt5", _config())[0]
   # a full encoder-decoder checkpoint: decoder / lm_head keys are ignored with IGNORE
   full = {**state, "decoder.block.0.layer.0.SelfAttention.q.weight": np.zeros((32, 32))}
   full["lm_head.weight"] = np.zeros((128, 32))
@@ -145,7 +145,7 @@ def test_keymap_reports_problems():
   del state["encoder.block.1.layer.1.DenseReluDense.wo.weight"]
   with pytest.raises(keymap.KeyMapError, match=r"layers/ffn/wo/kernel layers \[1\]"):
     keymap.convert(state, tu.RULES, target)
-  wide = umt5.abstract_params(_config(d_ff=96))[0]
+  wide = formats.abstract("umt5", _config(d_ff=96))[0]
   with pytest.raises(keymap.KeyMapError, match="shape mismatch"):
     keymap.convert(_state(_hf_model()), tu.RULES, wide, config_hint="tiny")
 
@@ -155,7 +155,7 @@ def test_bf16_close_to_fp32():
   ids, mask = _inputs()
   want = _reference(model, ids, mask)
   config = _config(param_dtype="bfloat16", dtype="bfloat16")
-  params = keymap.convert(_state(model), tu.RULES, umt5.abstract_params(config)[0])
+  params = keymap.convert(_state(model), tu.RULES, formats.abstract("umt5", config)[0])
   got = umt5.encode(params, ids, mask, config=config)
   assert got.dtype == jnp.bfloat16
   err = np.abs(np.asarray(got, np.float32) - want).max() / np.abs(want).max()
@@ -163,7 +163,7 @@ def test_bf16_close_to_fp32():
 
 
 def test_every_param_has_logical_axes():
-  _, specs = umt5.abstract_params(umt5.UMT5Config(**TINY))
+  _, specs = formats.abstract("umt5", umt5.UMT5Config(**TINY))
   flat = jax.tree_util.tree_leaves_with_path(
     specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)
   )
@@ -180,7 +180,7 @@ def test_every_param_has_logical_axes():
 
 def test_input_errors():
   config = _config()
-  params = keymap.convert(_state(_hf_model()), tu.RULES, umt5.abstract_params(config)[0])
+  params = keymap.convert(_state(_hf_model()), tu.RULES, formats.abstract("umt5", config)[0])
   ids, mask = _inputs()
   with pytest.raises(ValueError, match="mask shape"):
     umt5.encode(params, ids, mask[:, :5], config=config)
@@ -197,6 +197,7 @@ _CHILD = textwrap.dedent(
   from holocine_jax import sharding, text
   from holocine_jax.model import umt5
   from holocine_jax.scene import Scene
+  from holocine_jax.weights import formats, store
   P = jax.sharding.PartitionSpec
   assert jax.device_count() == 8, jax.devices()
   rules = sharding.DEFAULT_LOGICAL_RULES
@@ -204,18 +205,18 @@ _CHILD = textwrap.dedent(
                            num_layers=2, param_dtype="float32", dtype="float32")
   rng = np.random.default_rng(0)
   host = jax.tree.map(lambda s: (rng.normal(size=s.shape) * 0.3).astype(np.float32),
-                      umt5.abstract_params(config)[0])
+                      formats.abstract("umt5", config)[0])
   ids = rng.integers(0, 128, (4, 48)).astype(np.int32)
   mask = np.arange(48)[None] < np.array([48, 30, 7, 48])[:, None]
   want = np.asarray(umt5.encode(host, ids, mask, config=config))
   for sizes in ({"fsdp": 2, "tensor": 4}, {"data": 2, "fsdp": 2, "tensor": 2}):
     mesh = sharding.make_mesh(sizes)
-    params = umt5.shard_params(host, config, mesh, rules)
+    shardings = jax.tree.map(lambda t: t.sharding, store.target("umt5", config, mesh, rules))
+    params = jax.device_put(host, shardings)
     q = params["layers"]["attn"]["q"]["kernel"]
     assert q.sharding.spec == P(None, "fsdp", "tensor", None), q.sharding.spec
     assert q.addressable_shards[0].data.shape == (2, 32 // sizes["fsdp"], 4 // sizes["tensor"], 8)
-    got = umt5.make_encode_fn(config, mesh, rules, umt5.param_shardings(config, mesh, rules))(
-        params, ids, mask)
+    got = umt5.make_encode_fn(config, mesh, rules, shardings)(params, ids, mask)
     print(sizes, "max err", float(np.abs(np.asarray(got) - want).max()))
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
     assert len(got.sharding.device_set) == 8
@@ -254,7 +255,10 @@ def test_sharded_equals_single_device():
 
 def test_init_sharded_on_one_device_mesh():
   mesh = sharding.make_mesh({"data": -1})
-  params, shards = umt5.init_params(_config(), mesh, sharding.DEFAULT_LOGICAL_RULES)
+  init = umt5.init_fn(_config())
+  params, shards = sharding.init_sharded(
+    init, mesh, sharding.DEFAULT_LOGICAL_RULES, jax.random.key(0)
+  )
   assert params["layers"]["attn"]["rel_bias"].shape == (2, 32, 4)
   assert jax.tree.structure(params) == jax.tree.structure(shards)
 
@@ -262,7 +266,7 @@ def test_init_sharded_on_one_device_mesh():
 def test_xxl_shapes_and_memory():
   """umT5-XXL as Wan ships it: 5.68B params; bf16 on an fsdp 4 x tensor 4 mesh -> 0.71 GB/chip."""
   config = umt5.UMT5Config.from_config({})
-  shapes, specs = umt5.abstract_params(config)
+  shapes, specs = formats.abstract("umt5", config)
   count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
   assert (
     count == 256384 * 4096 + 24 * (4 * 4096 * 4096 + 3 * 4096 * 10240 + 32 * 64 + 2 * 4096) + 4096

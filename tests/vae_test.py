@@ -1,7 +1,6 @@
 """Wan2.1 VAE: parity with diffusers AutoencoderKLWan (fp32), chunked scan, tiling, bad inputs."""
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -51,9 +50,7 @@ def torch_vae():
 
 @pytest.fixture(scope="module")
 def params(torch_vae):
-  abstract = meta.unbox(
-    jax.eval_shape(functools.partial(vae.init_params, config=CFG), jax.random.key(0))
-  )
+  abstract = meta.unbox(jax.eval_shape(vae.init_fn(CFG), jax.random.key(0)))
   state = {k: v.numpy() for k, v in torch_vae.state_dict().items()}
   return jax.tree.map(jnp.asarray, keymap.convert(state, diffusers_vae.RULES, abstract))
 
@@ -145,9 +142,7 @@ def test_full_config_key_map_is_complete():
   """Every key of diffusers' default (Wan2.1) AutoencoderKLWan maps to our default tree."""
   with torch.device("meta"):
     ref = AutoencoderKLWan()
-  abstract = meta.unbox(
-    jax.eval_shape(functools.partial(vae.init_params, config=vae.VAEConfig()), jax.random.key(0))
-  )
+  abstract = meta.unbox(jax.eval_shape(vae.init_fn(vae.VAEConfig()), jax.random.key(0)))
   state = {k: np.broadcast_to(np.float32(0), tuple(v.shape)) for k, v in ref.state_dict().items()}
   rules = diffusers_vae.RULES
   flat = dict(jax.tree_util.tree_flatten_with_path(abstract)[0])
@@ -164,7 +159,7 @@ def test_full_config_key_map_is_complete():
 
 def test_logical_axes_and_batch_sharding(params):
   """Every param is named; params placed by the rules run under a mesh with 'act_batch'."""
-  boxed = jax.eval_shape(functools.partial(vae.init_params, config=CFG), jax.random.key(0))
+  boxed = jax.eval_shape(vae.init_fn(CFG), jax.random.key(0))
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, meta.Partitioned))
   assert leaves and all(isinstance(x, meta.Partitioned) for x in leaves)
   assert all(len(x.names) == x.value.ndim for x in leaves)

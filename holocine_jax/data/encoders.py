@@ -18,12 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from holocine_jax import convert, sharding, text, video
+from holocine_jax import sharding, text, video
 from holocine_jax.data.clips import Clip, Skip
 from holocine_jax.layout import TextWindows
 from holocine_jax.model import vae
 from holocine_jax.scene import Scene
 from holocine_jax.toy_text import toy_text_embedding
+from holocine_jax.weights import store
 
 VideoFn = Callable[[np.ndarray], np.ndarray]  # uint8 [B, T, H, W, 3] -> latents [B, F, h, w, C]
 TextFn = Callable[[Sequence[Scene]], list[tuple[np.ndarray, TextWindows]]]  # ([N, E], windows)
@@ -153,15 +154,9 @@ def from_checkpoint(
   checkpoint: str, tokenizer: str, mesh, rules, *, text_len: int = text.TEXT_LEN, batch_size=1
 ) -> Encoders:
   """`model` with the VAE and umT5 of a converted folder (components `vae`, `text_encoder`)."""
-  _, vae_config = convert.component_config(checkpoint, "vae")
-  _, t5_config = convert.component_config(checkpoint, "text_encoder")
-  prompts = text.PromptEncoder(
-    text.Tokenizer.from_path(tokenizer),
-    t5_config,
-    convert.load(checkpoint, "text_encoder", mesh, rules),
-    mesh,
-    rules,
-    text_len=text_len,
+  _, vae_config = store.component_config(checkpoint, "vae")
+  prompts = text.PromptEncoder.from_checkpoint(
+    checkpoint, tokenizer, mesh, rules, text_len=text_len
   )
-  vae_params = convert.load(checkpoint, "vae", mesh, rules)
+  vae_params = store.load(checkpoint, "vae", mesh, rules)
   return model(prompts, vae_params, vae_config, mesh, rules, batch_size=batch_size)

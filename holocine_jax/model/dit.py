@@ -116,7 +116,7 @@ class WanDiT(nn.Module):
 
 
 def init_fn(config: DiTConfig):
-  """key -> boxed {'params': ...}. The parameter tree depends on neither the attention mode, its
+  """key -> boxed params. The parameter tree depends on neither the attention mode, its
   implementation nor the input size, so a 1-token dummy through plain XLA full attention (never
   the kernel's shard_map) initialises every variant. The dummies are built inside the traced
   function: eval_shape / lower never run an eager op (deviceless TPU meshes have no device)."""
@@ -126,7 +126,7 @@ def init_fn(config: DiTConfig):
   def init(key):
     latents_BxFxHxWxC = jnp.zeros((1, pt, ph, pw, config.in_channels))
     context_BxTxE = jnp.zeros((1, 1, config.text_dim))
-    return model.init(key, latents_BxFxHxWxC, jnp.zeros((1,)), context_BxTxE)
+    return model.init(key, latents_BxFxHxWxC, jnp.zeros((1,)), context_BxTxE)["params"]
 
   return init
 

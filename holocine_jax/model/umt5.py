@@ -20,7 +20,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.core import meta
 
 from holocine_jax import sharding
 from holocine_jax.model.config import ModelConfig
@@ -214,37 +213,16 @@ def _check_inputs(c: UMT5Config, ids, mask):
     raise ValueError(f"token ids must be integers, got {ids.dtype}")
 
 
-def init_fn(config: UMT5Config, batch: int = 1, length: int = 8):
-  """A function key -> boxed params, for `sharding.init_sharded` / `abstract_params`."""
+def init_fn(config: UMT5Config):
+  """key -> boxed params, for `sharding.init_sharded` / `sharding.abstract_params`. The dummy
+  tokens are built inside the traced function, so eval_shape / lower run no eager op."""
   model = UMT5Encoder(config)
-  ids = jnp.zeros((batch, length), jnp.int32)
 
   def init(key):
-    return model.init(key, ids, jnp.ones_like(ids, bool))["params"]
+    ids_BxT = jnp.zeros((1, 8), jnp.int32)
+    return model.init(key, ids_BxT, jnp.ones_like(ids_BxT, bool))["params"]
 
   return init
-
-
-def abstract_params(config: UMT5Config):
-  """(ShapeDtypeStruct tree, logical spec tree) of the params; allocates nothing."""
-  return sharding.abstract_params(init_fn(config), jax.random.key(0))
-
-
-def init_params(config: UMT5Config, mesh, rules, key=None):
-  """Random params written directly into their shardings: (params, shardings)."""
-  key = jax.random.key(0) if key is None else key
-  return sharding.init_sharded(init_fn(config), mesh, rules, key)
-
-
-def param_shardings(config: UMT5Config, mesh, rules):
-  """NamedShardings of the params on `mesh` under the logical `rules`."""
-  boxed = jax.eval_shape(init_fn(config), jax.random.key(0))
-  return meta.unbox(sharding.shardings_for(boxed, mesh, rules))
-
-
-def shard_params(params, config: UMT5Config, mesh, rules):
-  """Places a host (numpy) param tree, e.g. from a key map, onto the mesh in its shardings."""
-  return jax.device_put(params, param_shardings(config, mesh, rules))
 
 
 def encode(params, ids_BxT, mask_BxT, *, config: UMT5Config):
@@ -255,8 +233,8 @@ def encode(params, ids_BxT, mask_BxT, *, config: UMT5Config):
 def make_encode_fn(config: UMT5Config, mesh, rules, shardings):
   """Jitted (params, ids [B, T], mask [B, T]) -> [B, T, D] on `mesh`; B a multiple of the shards.
 
-  Params come in `shardings` (from `init_params` / `param_shardings`); ids and mask are batch
-  sharded; the output is sharded as ('act_batch', 'act_text', 'act_embed').
+  Params come in `shardings` (e.g. those of the params that `weights/store.load` restores); ids
+  and mask are batch sharded; the output is sharded as ('act_batch', 'act_text', 'act_embed').
   """
   rules = sharding.logical_rules(rules)
   spec = lambda axes: nn.logical_to_mesh_sharding(jax.sharding.PartitionSpec(*axes), mesh, rules)

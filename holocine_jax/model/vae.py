@@ -403,12 +403,17 @@ class WanVAE(nn.Module):
 # Functional API.
 
 
-def init_params(rng, config: VAEConfig):
-  """Boxed (logically partitioned) params; use functools.partial(init_params, config=c) with
-  sharding.init_sharded or abstract_params."""
+def init_fn(config: VAEConfig):
+  """key -> boxed params, for `sharding.init_sharded` / `sharding.abstract_params`. The dummy
+  frame is built inside the traced function, so eval_shape / lower run no eager op."""
+  model = WanVAE(config)
   s = config.space_stride
-  video = jnp.zeros((1, 1, s, s, config.in_channels), config.compute_dtype)
-  return WanVAE(config).init(rng, video)["params"]
+
+  def init(key):
+    video_BxTxHxWxC = jnp.zeros((1, 1, s, s, config.in_channels), config.compute_dtype)
+    return model.init(key, video_BxTxHxWxC)["params"]
+
+  return init
 
 
 def _run_chunks(model, method, params, x_BxTxHxWxC, first_len: int, step_len: int):

@@ -2,7 +2,7 @@
 
 Every builder runs the code its job runs: `training/step.py`'s train step on the abstract
 `TrainState` of `training/state.py`, the sampler's per-expert stage (CFG rows) on bf16 expert
-params in the shardings `convert.load` restores them to, the sampling job's VAE decode, and the
+params in the shardings `store.load` restores them to, the sampling job's VAE decode, and the
 umT5 encoder. Arguments are `jax.ShapeDtypeStruct`s carrying NamedShardings; the only concrete
 arrays are the scene's small ShotBatch, built on the host. Nothing runs on the mesh's devices.
 Legend: B rows, F/H/W latent grid, C latent channels, T text tokens, E text dim, Z VAE latents.
@@ -31,7 +31,7 @@ from holocine_jax.scene import Scene
 from holocine_jax.training import global_batch, records, state
 from holocine_jax.training import loss as loss_lib
 from holocine_jax.training import step as step_lib
-from holocine_jax.weights import formats, loader
+from holocine_jax.weights import formats, store
 
 JOBS = ("sample", "train", "vae", "text")
 
@@ -105,12 +105,6 @@ def _abstract(tree, shardings):
   return jax.tree.map(
     lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
   )
-
-
-def _restored(kind: str, model_config, mesh, rules):
-  """Abstract params of a converted component, in the shardings `convert.load` gives them."""
-  shapes, specs = formats.abstract(kind, model_config)
-  return _abstract(shapes, loader.param_shardings(specs, mesh, rules))
 
 
 def _depth(model_config, num_layers):
@@ -193,7 +187,7 @@ def _sample(config, request, mesh, rules, b, num_layers):
   context = jax.ShapeDtypeStruct((b, blocks.text_len, model_config.text_dim), text_dtype)
   scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)
   args = (
-    {"params": _restored("dit", model_config, mesh, rules)},
+    {"params": store.target("dit", model_config, mesh, rules)},
     _abstract(sampler.schedule, replicated),
     _abstract(latents, batch),
     _abstract(context, batch),
@@ -257,19 +251,20 @@ def _vae(config, request, mesh, rules, b, num_layers):
     jnp.float32,
     sharding=NamedSharding(mesh, P(sharding.batch_axes(rules))),
   )
-  args = (_restored("vae", vae_config, mesh, rules), latents)
+  args = (store.target("vae", vae_config, mesh, rules), latents)
   return Program(sample.vae_decoder(vae_config), args, None, {})
 
 
 def _text(config, request, mesh, rules, b, num_layers):
   """The umT5 encoder over b prompts of the config's text length (scenes + the negative)."""
   text_config = _depth(formats.model_config("umt5", config), num_layers)
-  shardings = umt5.param_shardings(text_config, mesh, rules)
+  params = store.target("umt5", text_config, mesh, rules)
+  shardings = jax.tree.map(lambda x: x.sharding, params)
   encode = umt5.make_encode_fn(text_config, mesh, rules, shardings)
   tokens = NamedSharding(mesh, P(sharding.batch_axes(rules)))
   length = config.sample.text_len if "sample" in config else config.text_len
   args = (
-    _abstract(umt5.abstract_params(text_config)[0], shardings),
+    params,
     jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=tokens),
     jax.ShapeDtypeStruct((b, length), jnp.bool_, sharding=tokens),
   )

@@ -43,11 +43,12 @@ def optimizer(train) -> tuple[optax.GradientTransformation, optax.Schedule]:
 
 
 def init_fn(model, tx):
-  """key -> TrainState of boxed arrays (the optimizer state inherits the params' logical names)."""
+  """key -> TrainState of boxed arrays (the optimizer state inherits the params' logical names);
+  its params are the DiT's variables, {'params': ...}, as `model.apply` takes them."""
   init_params = dit.init_fn(model.config)
 
   def init(key):
-    params = init_params(key)
+    params = {"params": init_params(key)}
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   return init

@@ -16,7 +16,6 @@ Wan's WanModel), else the tensor shapes, which fix everything but the head count
 from __future__ import annotations
 
 import dataclasses
-import functools
 import glob
 import json
 import math
@@ -261,11 +260,5 @@ def config_from_dict(kind: str, fields: dict):
 
 def abstract(kind: str, config):
   """(ShapeDtypeStruct tree, logical PartitionSpec tree) of a component; allocates nothing."""
-  if kind == "dit":
-    init = dit.init_fn(config)
-    return sharding.abstract_params(lambda key: init(key)["params"], jax.random.key(0))
-  if kind == "umt5":
-    return umt5.abstract_params(config)
-  return sharding.abstract_params(
-    functools.partial(vae.init_params, config=config), jax.random.key(0)
-  )
+  init_fn = {"dit": dit.init_fn, "umt5": umt5.init_fn, "vae": vae.init_fn}[kind]
+  return sharding.abstract_params(init_fn(config), jax.random.key(0))
