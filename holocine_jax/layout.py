@@ -187,11 +187,16 @@ class ShotBatch:
     return min(self.max_shot_frames * self.tokens_per_frame, self.shot_id_BxL.shape[1])
 
 
-def dense_batch(batch: int, num_tokens: int) -> ShotBatch:
-  """One shot over all tokens and no summary slots: full attention expressed as a ShotBatch."""
+def dense_batch(batch: int, num_tokens: int, real_BxL=None) -> ShotBatch:
+  """One shot over all tokens and no summary slots: full attention expressed as a ShotBatch.
+  With `real_BxL` (bool, padding at the end) the shot spans each row's real tokens and the rest
+  are padding (PAD_SHOT_ID), which no real token sees."""
+  if real_BxL is None:
+    real_BxL = jnp.ones((batch, num_tokens), bool)
+  real_Bx1 = real_BxL.sum(axis=1, keepdims=True, dtype=jnp.int32)
   return ShotBatch(
-    shot_id_BxL=jnp.zeros((batch, num_tokens), jnp.int32),
-    shot_bounds_BxNx2=jnp.tile(jnp.asarray([[[0, num_tokens]]], jnp.int32), (batch, 1, 1)),
+    shot_id_BxL=jnp.where(real_BxL, 0, PAD_SHOT_ID).astype(jnp.int32),
+    shot_bounds_BxNx2=jnp.stack([jnp.zeros_like(real_Bx1), real_Bx1], axis=-1),
     summary_idx_BxG=jnp.zeros((batch, 0), jnp.int32),
     summary_valid_BxG=jnp.zeros((batch, 0), bool),
     tokens_per_frame=num_tokens,

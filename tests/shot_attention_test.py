@@ -163,6 +163,32 @@ def test_kernel_under_shard_map_with_context_sharded_input():
   np.testing.assert_allclose(np.asarray(out), np.asarray(want), rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize("impl", ["reference", "packed", "kernel"])  # packed: XLA chunked
+def test_full_attention_never_sees_padding(impl):
+  """Full attention over a clip padded to a longer bucket: the real tokens get the unpadded
+  outputs and gradients (batch of two clips padded by different amounts), padding no gradient."""
+  lays = [ShotLayout(b, PER_FRAME) for b in [(0, 2, 5), (0, 3)]]
+  padded = layout.make_batch(lays, max_shots=2, num_frames=7)
+  q, k, v, do = _qkv(padded, jnp.float32)
+  attend = lambda shots: (
+    lambda q, k, v: attention.self_attention(
+      q, k, v, mode="full", shots=shots, impl=impl, block_sizes=BLOCKS, query_chunk=8
+    )
+  )
+  out, vjp = jax.vjp(attend(padded), q, k, v)
+  real = np.asarray(padded.shot_id_BxL) >= 0
+  grads = vjp(jnp.where(real[..., None, None], do, 0))
+  assert np.isfinite(np.asarray(out)).all()
+  for row, lay in enumerate(lays):
+    n = lay.num_tokens
+    exact = [x[row : row + 1, :n] for x in (q, k, v)]
+    want, want_vjp = jax.vjp(attend(None), *exact)
+    np.testing.assert_allclose(out[row, :n], want[0], atol=2e-6)
+    for got, exp in zip(grads, want_vjp(do[row : row + 1, :n]), strict=True):
+      np.testing.assert_allclose(got[row, :n], exp[0], atol=2e-5)
+      assert not np.asarray(got[row, n:]).any()
+
+
 def test_chunked_attention_equals_reference_with_bias():
   q, k, v = jax.random.normal(jax.random.key(9), (3, 2, 37, 2, 8))
   bias = jnp.where(jax.random.bernoulli(jax.random.key(10), 0.3, (2, 37, 37)), -1e4, 0.0)

@@ -65,11 +65,15 @@ def self_attention(
     raise ValueError(f"unknown self-attention mode {mode!r}, expected {SELF_ATTENTION_MODES}")
   impl = resolve_impl(impl)
   if mode == "full":
+    real_BxL = None if shots is None else shots.shot_id_BxL >= 0  # bucket padding: never seen
     if impl == "reference":
-      return reference.attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK)
+      allow = None if real_BxL is None else real_BxL[:, None, :]
+      return reference.attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, allow_BxLxM=allow)
     if impl != "kernel":
-      return chunked.chunked_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, chunk=query_chunk)
-    shots = layout.dense_batch(*q_BxLxHxK.shape[:2])
+      return chunked.chunked_attention(
+        q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, kv_real_BxM=real_BxL, chunk=query_chunk
+      )
+    shots = layout.dense_batch(*q_BxLxHxK.shape[:2], real_BxL)
   if shots is None:
     raise ValueError("self_attention='sparse' needs a ShotBatch describing the shots")
   if impl == "reference":

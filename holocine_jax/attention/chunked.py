@@ -13,15 +13,21 @@ import jax.numpy as jnp
 from holocine_jax.attention import reference
 
 
-def chunked_attention(q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, *, bias_BxLxM=None, chunk: int = 1024):
+def chunked_attention(
+  q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, *, bias_BxLxM=None, kv_real_BxM=None, chunk: int = 1024
+):
   """softmax(q k^T / sqrt(K) + bias) v over at most `chunk` queries per step; fp32 softmax.
+  Keys where `kv_real_BxM` is False (bucket padding) are seen by no query.
 
   Chunks are balanced (C = ceil(L / chunk) equal chunks, a multiple of 8 long), so padding stays
   under 8 * C rows instead of up to a whole chunk.
   """
   b, num_l, h, d = q_BxLxHxK.shape
+  allow_Bx1xM = None if kv_real_BxM is None else kv_real_BxM[:, None, :]
   if num_l <= chunk:
-    return reference.attention(q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, bias_BxLxM=bias_BxLxM)
+    return reference.attention(
+      q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, allow_BxLxM=allow_Bx1xM, bias_BxLxM=bias_BxLxM
+    )
   c = -(-num_l // chunk)
   chunk = -(-num_l // (8 * c)) * 8
   pad = c * chunk - num_l
@@ -32,7 +38,9 @@ def chunked_attention(q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, *, bias_BxLxM=None, chunk
 
   def one(args):
     q_BxQxHxK, bias = args
-    return reference.attention(q_BxQxHxK, k_BxMxHxK, v_BxMxHxK, bias_BxLxM=bias)
+    return reference.attention(
+      q_BxQxHxK, k_BxMxHxK, v_BxMxHxK, allow_BxLxM=allow_Bx1xM, bias_BxLxM=bias
+    )
 
   bias = None if bias_BxLxM is None else chunks(bias_BxLxM)
   out_CxBxQxHxK = jax.lax.map(one, (chunks(q_BxLxHxK), bias))

@@ -18,14 +18,10 @@ import grain
 import jax
 import numpy as np
 
-from holocine_jax import attention, layout
+from holocine_jax import layout
 from holocine_jax.training import records, synthetic
 
 Bucket = tuple[int, int, int]  # (latent frames, latent height, latent width)
-
-# (self_attention, implementation) pairs whose real tokens never see padding tokens. Full
-# attention does not mask layout.PAD_SHOT_ID tokens yet.
-PADDING_SAFE_ATTENTION = (("sparse", "reference"), ("sparse", "packed"), ("sparse", "kernel"))
 
 
 def bucket_keys(shapes: Sequence[tuple[int, ...]], buckets: Sequence[int]) -> list[Bucket]:
@@ -153,18 +149,6 @@ def shot_bounds(config, keys: Sequence[Bucket]) -> dict[Bucket, int]:
   return dict.fromkeys(per_bucket, requested)
 
 
-def check_padding(model, padded: int) -> None:
-  """Refuses padded buckets on attention that would let real tokens see padding tokens."""
-  path = (model.self_attention, attention.resolve_impl(model.attention_impl))
-  if padded and path not in PADDING_SAFE_ATTENTION:
-    raise ValueError(
-      f"{padded} samples are shorter than their bucket in data.buckets and would be padded, but "
-      f"self_attention={path[0]!r} with attention_impl={path[1]!r} does not mask padding tokens "
-      f"yet (masked: {PADDING_SAFE_ATTENTION}); use buckets equal to the clip lengths (no "
-      "padding) or data.buckets=() for exact shapes"
-    )
-
-
 def _collate_bucket(samples: list[dict], key: Bucket, *, bounds: dict[Bucket, int], **kwargs):
   return records.collate(samples, max_shot_frames=bounds[key], num_frames=key[0], **kwargs)
 
@@ -175,7 +159,6 @@ def from_config(source, shapes, config, rows: tuple[int, int]) -> grain.IterData
   keys = bucket_keys(shapes, data.buckets)
   plan = BucketPlan(keys, config.train.global_batch, data.seed)
   padded = [s[0] < k[0] for s, k in zip(shapes, keys, strict=True)]
-  check_padding(model, sum(padded))
   bounds = shot_bounds(config, keys)
   if jax.process_index() == 0:
     for key, bucket in zip(plan.keys, plan.buckets, strict=True):
