@@ -6,11 +6,17 @@
       --topology v5p-64 --json
   python -m holocine_jax.plan --config configs/tiny.py:block=128 --job train --topology v5p-8 \
       --frames 17 --height 64 --width 64 --shots 2 --set mesh.fsdp=2 --set mesh.tensor=2
+  python -m holocine_jax.plan --config configs/holocine_a14b.py --job vae --for preprocess \
+      --topology v5p-2
 
 Runs on any CPU host (libtpu compiles deviceless). Builds the job's own jitted function (train
 step, sampler stage with CFG, VAE decode, umT5 encode) on abstract inputs sharded over the
 slice's chips and compiles it with the real TPU compiler. Without `--set mesh.*` it searches the
-(data, fsdp, context, tensor) split. Exit status 1 when the plan does not fit.
+(data, fsdp, context, tensor) split. `--for preprocess` plans the encoders as
+`training.preprocess` runs them (VAE encode of uint8 clips, umT5 over scene prompts) on a
+(data, fsdp) mesh (default: every chip on data); with `--batch 0` it searches the largest batch
+that fits and prints the `--batch_size` to preprocess with. Exit status 1 when the plan does not
+fit.
 """
 
 from __future__ import annotations
@@ -34,13 +40,25 @@ GIB = 2**30
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--config", required=True, help="config file, e.g. configs/holocine_a14b.py[:arg]")
-  p.add_argument("--job", required=True, choices=("sample", "train", "vae", "text"))
+  p.add_argument("--job", required=True, choices=programs.JOBS)
+  p.add_argument(
+    "--for",
+    dest="purpose",
+    choices=programs.PURPOSES,
+    default="sample",
+    help="vae / text: the sampling job's (decode, prompts + negative) or preprocessing's",
+  )
   p.add_argument("--topology", required=True, help="TPU slice: v5p-8, v5p-64, v5e-16, v6e-8, ...")
   p.add_argument("--frames", type=int, default=241, help="video frames (snapped to 4t+1)")
   p.add_argument("--height", type=int, default=480)
   p.add_argument("--width", type=int, default=832)
   p.add_argument("--shots", type=int, default=5, help="shots, evenly cut")
-  p.add_argument("--batch", type=int, default=0, help="scenes, or train global batch (0: config)")
+  p.add_argument(
+    "--batch",
+    type=int,
+    default=0,
+    help="scenes (0: one), train global batch (0: config's), clips (0: search the largest)",
+  )
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override")
   p.add_argument("--fit", type=float, default=0.8, help="fits: peak <= this fraction of HBM")
   p.add_argument(
@@ -85,6 +103,8 @@ def table(plan) -> str:
   ]
   if "tokens" in f:
     rows.append(("input", f"{f['rows']} rows x {f['tokens']:,} tokens"))
+  if "frames" in f:
+    rows.append(("input", f"{f['rows']} clips x {f['frames']} frames"))
   if "kv_blocks_dense" in f:
     share = f["kv_blocks_visited"] / f["kv_blocks_dense"]
     rows.append(("shot bound", f"{f['shot_bound_frames']} latent frames"))
@@ -98,10 +118,31 @@ def table(plan) -> str:
     mesh = " ".join(f"{k}={v}" for k, v in s["mesh"].items())
     note = s.get("error") or f"predicted peak {_gib(s['predicted_peak'])} ({s['compile_s']} s)"
     rows.append(("searched", f"{mesh}: {note}"))
+  for p in plan.probes:
+    verdict = "fits" if p["fits"] else "does not fit"
+    rows.append(
+      ("probed", f"batch {p['batch']}: peak {_gib(p['peak'])}, {verdict} ({p['compile_s']} s)")
+    )
+  if "next_batch" in f:
+    rows.append(("next batch", f"{f['next_batch']}: peak {_gib(f['next_peak'])}, does not fit"))
+  if "preprocess_command" in f:
+    rows.append(("preprocess", f["preprocess_command"]))
   if plan.error:
     rows.append(("error", plan.error))
   width = max(len(k) for k, _ in rows)
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def preprocess_command(config, request: programs.Request, plan) -> str:
+  """The preprocessing command line with the plan's batch, mesh and clip or prompt size."""
+  flags = [f"--batch_size {plan.facts['rows']}"]
+  if plan.mesh["fsdp"] > 1:
+    flags.append(f"--fsdp {plan.mesh['fsdp']}")
+  if request.job == "vae":
+    flags.append(f"--height {request.height} --width {request.width}")
+  else:
+    flags.append(f"--text_len {programs.text_len(config, request)}")
+  return "python -m holocine_jax.training.preprocess ... " + " ".join(flags)
 
 
 def main(argv=None):
@@ -113,22 +154,34 @@ def main(argv=None):
   except (OSError, KeyError, ValueError, AttributeError) as e:
     sys.exit(f"error: config: {e}")
   pinned = any(item.startswith("mesh.") for item in args.set)
+  mesh, log = dict(config.mesh) if pinned else None, _logger()
   try:
     request = programs.Request(
-      args.job, args.frames, args.height, args.width, args.shots, args.batch
+      args.job, args.frames, args.height, args.width, args.shots, args.batch, args.purpose
     )
-    result = search.plan(
-      config,
-      request,
-      args.topology,
-      mesh=dict(config.mesh) if pinned else None,
-      fit=args.fit,
-      search_layers=args.search_layers,
-      max_candidates=args.max_candidates,
-      log=_logger(),
-    )
+  except ValueError as e:  # a SceneError, or --for preprocess of a job that is no encoder
+    sys.exit(f"error: {e}")
+  preprocess = request.purpose == "preprocess"
+  try:
+    if preprocess and not request.batch:
+      result = search.largest_batch(
+        config, request, args.topology, mesh=mesh, fit=args.fit, log=log
+      )
+    else:
+      result = search.plan(
+        config,
+        request,
+        args.topology,
+        mesh=search.encoder_mesh(args.topology, mesh) if preprocess else mesh,
+        fit=args.fit,
+        search_layers=args.search_layers,
+        max_candidates=args.max_candidates,
+        log=log,
+      )
   except (search.PlanError, SceneError, LayoutError) as e:
     sys.exit(f"error: {e}")
+  if preprocess and result.fits:
+    result.facts["preprocess_command"] = preprocess_command(config, request, result)
   print(json.dumps(result.to_json(), indent=2) if args.json else table(result), flush=True)
   return result
 

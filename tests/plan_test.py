@@ -1,5 +1,6 @@
 """The planner compiles real jobs for deviceless TPU slices and reports per-chip memory."""
 
+import dataclasses
 import json
 
 import pytest
@@ -123,3 +124,95 @@ def test_mesh_candidates_follow_the_job_shapes():
   assert all(
     16 % (m["data"] * m["fsdp"]) == 0 and 40 % (m["context"] * m["tensor"]) == 0 for m in train
   )
+
+
+def _tiny_encoders():
+  """tiny.py with a small VAE and umT5 (it names neither: the real ones would compile slowly)."""
+  config = config_file.load("configs/tiny.py")
+  config.vae = dict(
+    base_dim=8,
+    z_dim=4,
+    dim_mult=(1, 2, 2, 2),
+    num_res_blocks=1,
+    latents_mean=(0.0,) * 4,
+    latents_std=(1.0,) * 4,
+  )
+  config.text_encoder = dict(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)
+  return config
+
+
+def _fake_plan(largest: int):
+  """search.plan without compiling: a batch fits up to `largest`, one GiB per row."""
+
+  def fake(config, request, topology_name, *, mesh, fit, log):
+    del config, log
+    return search.Plan(
+      request.job,
+      topology_name,
+      chips=4,
+      hbm_bytes=64 * 2**30,
+      fit_limit=fit,
+      mesh=mesh,
+      compiled=True,
+      fits=request.batch <= largest,
+      per_device_bytes=memory.Memory(peak=request.batch * 2**30),
+      facts=dict(rows=request.batch),
+    )
+
+  return fake
+
+
+def test_batch_search_doubles_then_bisects(monkeypatch, capsys):
+  monkeypatch.setattr(search, "plan", _fake_plan(largest=21))
+  argv = [*TINY, "--job", "vae", "--for", "preprocess", "--topology", "v5p-8"]
+  result = plan.main(argv)  # 4 chips on data: batches of 4, 8, 16, 32, then 24, 20
+  assert [p["batch"] for p in result.probes] == [4, 8, 16, 20, 24, 32]
+  assert result.fits and result.facts["rows"] == 20
+  assert result.facts["next_batch"] == 24 and result.facts["next_peak"] == 24 * 2**30
+  out = capsys.readouterr().out
+  assert "24: peak 24.00 GiB, does not fit" in out and "batch 20: peak 20.00 GiB, fits" in out
+  assert "preprocess ... --batch_size 20 --height 64 --width 64" in out
+
+
+def test_batch_search_reports_a_misfit_at_one_row_per_shard(monkeypatch):
+  monkeypatch.setattr(search, "plan", _fake_plan(largest=3))
+  result = search.largest_batch(
+    config_file.load("configs/tiny.py"),
+    programs.Request("text", purpose="preprocess"),
+    "v5p-8",
+    mesh=dict(fsdp=2, data=-1),
+  )
+  assert not result.fits and result.facts["rows"] == 4 and "next_batch" not in result.facts
+  assert [p["batch"] for p in result.probes] == [4]
+
+
+def test_preprocess_plans_only_encoders_on_data_and_fsdp():
+  with pytest.raises(SystemExit, match="purpose 'preprocess' plans .* not job 'train'"):
+    plan.main([*TINY, "--job", "train", "--for", "preprocess", "--topology", "v5p-8"])
+  with pytest.raises(SystemExit, match="the encoders split only data and fsdp"):
+    argv = ["--set", "mesh.fsdp=2", "--set", "mesh.tensor=2"]
+    plan.main([*TINY, *argv, "--job", "text", "--for", "preprocess", "--topology", "v5p-8"])
+
+
+def test_tiny_text_batch_search_compiles():
+  """The umT5 of preprocessing, compiled: with the limit at the peak of one row per shard, the
+  batch found fits and one more row per shard does not (peaks grow in steps of padded tiles)."""
+  config = _tiny_encoders()
+  request = programs.Request("text", batch=4, purpose="preprocess")
+  one = search.plan(config, request, "v5p-8", mesh=dict(data=-1))
+  assert one.facts["rows"] == 4 and one.facts["tokens"] == config.data.text_len  # no negative
+  fit = one.per_device_bytes.peak / one.hbm_bytes
+  result = search.largest_batch(config, dataclasses.replace(request, batch=0), "v5p-8", fit=fit)
+  rows, limit = result.facts["rows"], fit * result.hbm_bytes
+  assert result.fits and result.mesh["data"] == 4 and rows % 4 == 0
+  assert result.per_device_bytes.peak <= limit < result.facts["next_peak"]
+  assert result.facts["next_batch"] == rows + 4
+
+
+def test_tiny_vae_encode_compiles():
+  """Preprocessing's VAE call (data/encoders.video_encoder) on uint8 clips, one per chip."""
+  config = _tiny_encoders()
+  request = programs.Request("vae", 5, 32, 32, shots=1, batch=4, purpose="preprocess")
+  result = search.plan(config, request, "v5p-8", mesh=search.encoder_mesh("v5p-8"))
+  assert result.compiled and result.fits and result.facts == dict(rows=4, frames=5)
+  assert result.per_device_bytes.arguments > 0

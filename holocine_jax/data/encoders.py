@@ -105,6 +105,17 @@ def toy(latent_channels: int, text_dim: int, text_len: int = text.TEXT_LEN, batc
   )
 
 
+def video_encoder(vae_config: vae.VAEConfig):
+  """Jitted (VAE params, uint8 frames [B, T, H, W, 3]) -> normalised latents [B, F, h, w, C] in
+  fp32: `model`'s video call, which the planner compiles for TPU slices (`--for preprocess`)."""
+
+  def encode(params, frames_BxTxHxWx3):
+    x_BxTxHxWx3 = frames_BxTxHxWx3.astype(jnp.float32) / 127.5 - 1.0  # video.to_model_range
+    return vae.encode(params, x_BxTxHxWx3, vae_config).astype(jnp.float32)
+
+  return jax.jit(encode)
+
+
 def model(
   prompts: text.PromptEncoder,
   vae_params,
@@ -120,11 +131,7 @@ def model(
   batched = jax.sharding.NamedSharding(
     mesh, jax.sharding.PartitionSpec(sharding.batch_axes(rules) or None)
   )
-
-  @jax.jit
-  def encode(params, frames_BxTxHxWx3):
-    x_BxTxHxWx3 = frames_BxTxHxWx3.astype(jnp.float32) / 127.5 - 1.0  # video.to_model_range
-    return vae.encode(params, x_BxTxHxWx3, vae_config).astype(jnp.float32)
+  encode = video_encoder(vae_config)
 
   def video_fn(frames_BxTxHxWx3):
     video.check_video_shape(frames_BxTxHxWx3.shape)

@@ -2,9 +2,10 @@
 
 Every builder runs the code its job runs: `training/step.py`'s train step on the abstract
 `TrainState` of `training/state.py`, the sampler's per-expert stage (CFG rows) on bf16 expert
-params in the shardings `store.load` restores them to, the sampling job's VAE decode, and the
-umT5 encoder. Arguments are `jax.ShapeDtypeStruct`s carrying NamedShardings; the only concrete
-arrays are the scene's small ShotBatch, built on the host. Nothing runs on the mesh's devices.
+params in the shardings `store.load` restores them to, the sampling job's VAE decode and umT5
+encode, or preprocessing's VAE encode (`data/encoders.video_encoder`) and umT5 encode. Arguments
+are `jax.ShapeDtypeStruct`s carrying NamedShardings; the only concrete arrays are the scene's
+small ShotBatch, built on the host. Nothing runs on the mesh's devices.
 Legend: B rows, F/H/W latent grid, C latent channels, T text tokens, E text dim, Z VAE latents.
 """
 
@@ -22,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 
 from holocine_jax import layout, sample, sharding, toy_text
 from holocine_jax.attention import shot_kernel
+from holocine_jax.data import encoders
 from holocine_jax.model import umt5
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
@@ -34,12 +36,15 @@ from holocine_jax.training import step as step_lib
 from holocine_jax.weights import formats, store
 
 JOBS = ("sample", "train", "vae", "text")
+ENCODER_JOBS = ("vae", "text")
+PURPOSES = ("sample", "preprocess")
 
 
 @dataclasses.dataclass(frozen=True)
 class Request:
   """A job on one scene: `batch` counts scenes (sample, vae, text) or the global batch (train;
-  0 takes the config's)."""
+  0 takes the config's). `purpose` preprocess plans the encoder jobs as `training.preprocess`
+  runs them (vae: encode uint8 frames; text: scene prompts without a negative one)."""
 
   job: str
   frames: int = 241
@@ -47,10 +52,15 @@ class Request:
   width: int = 832
   shots: int = 5
   batch: int = 0
+  purpose: str = "sample"
 
   def __post_init__(self):
     if self.job not in JOBS:
       raise ValueError(f"unknown job {self.job!r}; expected one of {JOBS}")
+    if self.purpose not in PURPOSES:
+      raise ValueError(f"unknown purpose {self.purpose!r}; expected one of {PURPOSES}")
+    if self.purpose == "preprocess" and self.job not in ENCODER_JOBS:
+      raise ValueError(f"purpose 'preprocess' plans {ENCODER_JOBS}, not job {self.job!r}")
     _scene(self)  # SceneError naming the problem (e.g. more shots than frames)
 
 
@@ -66,12 +76,20 @@ class Program:
 
 def rows(config, request: Request, batch_shards: int) -> int:
   """Batch rows the job runs: scenes padded to whole batch shards as the jobs pad them; x2 for
-  the sampler's CFG, +1 negative prompt for the text encoder."""
+  the sampler's CFG, +1 negative prompt for the sampler's text encoder."""
   pad = lambda n: -(-n // batch_shards) * batch_shards
   if request.job == "train":
     return request.batch or config.train.global_batch
   scenes = request.batch or 1
-  return {"sample": 2 * pad(scenes), "vae": pad(scenes), "text": pad(scenes + 1)}[request.job]
+  negative = int(request.job == "text" and request.purpose == "sample")
+  return pad(scenes + negative) * (2 if request.job == "sample" else 1)
+
+
+def text_len(config, request: Request) -> int:
+  """Prompt tokens the text job encodes: the sampler's, or preprocessing's (the records')."""
+  if request.purpose == "preprocess":
+    return config.data.text_len
+  return config.sample.text_len if "sample" in config else config.text_len
 
 
 def full_depth(config, request: Request) -> int | None:
@@ -242,27 +260,34 @@ def _train(config, request, mesh, rules, b, num_layers):
 
 
 def _vae(config, request, mesh, rules, b, num_layers):
-  """The sampling job's decode: final latents -> uint8 video."""
+  """The sampling job's decode (final latents -> uint8 video) or preprocessing's encode (uint8
+  frames -> latents)."""
   del num_layers  # the VAE has no layer stack to shorten
   vae_config = formats.model_config("vae", config)
+  batch = NamedSharding(mesh, P(sharding.batch_axes(rules)))
+  params = store.target("vae", vae_config, mesh, rules)
+  if request.purpose == "preprocess":
+    frames = _scene(request).num_frames
+    video = jax.ShapeDtypeStruct(
+      (b, frames, request.height, request.width, 3), jnp.uint8, sharding=batch
+    )
+    return Program(encoders.video_encoder(vae_config), (params, video), None, dict(frames=frames))
   grid = _grid(request)
   latents = jax.ShapeDtypeStruct(
-    (b, grid.frames, grid.height, grid.width, vae_config.z_dim),
-    jnp.float32,
-    sharding=NamedSharding(mesh, P(sharding.batch_axes(rules))),
+    (b, grid.frames, grid.height, grid.width, vae_config.z_dim), jnp.float32, sharding=batch
   )
-  args = (store.target("vae", vae_config, mesh, rules), latents)
-  return Program(sample.vae_decoder(vae_config), args, None, {})
+  return Program(sample.vae_decoder(vae_config), (params, latents), None, {})
 
 
 def _text(config, request, mesh, rules, b, num_layers):
-  """The umT5 encoder over b prompts of the config's text length (scenes + the negative)."""
+  """The umT5 encoder over b prompts of the job's text length: the sampler's (scenes + the
+  negative) or, preprocessing, the training records' (scenes)."""
   text_config = _depth(formats.model_config("umt5", config), num_layers)
   params = store.target("umt5", text_config, mesh, rules)
   shardings = jax.tree.map(lambda x: x.sharding, params)
   encode = umt5.make_encode_fn(text_config, mesh, rules, shardings)
   tokens = NamedSharding(mesh, P(sharding.batch_axes(rules)))
-  length = config.sample.text_len if "sample" in config else config.text_len
+  length = text_len(config, request)
   args = (
     params,
     jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=tokens),

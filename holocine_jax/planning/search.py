@@ -7,18 +7,23 @@ chip extrapolated linearly to the full depth; the first predicted to fit is conf
 depth (on failure the search goes on). When none is predicted to fit, the smallest predicted
 peak is compiled at full depth and reported as not fitting. With `search_layers=0` candidates
 are compiled at full depth directly (with scanned layers compile time hardly depends on depth).
+
+`largest_batch` finds the largest batch of an encoder job that fits each chip (how many clips
+preprocessing encodes per call), each probe a full-depth `plan` on a fixed mesh.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 
 from holocine_jax import sharding, topology
 from holocine_jax.planning import memory, programs
 
 DEFAULT_FIT = 0.8  # fits: peak per chip <= this fraction of the chip's usable HBM
+MAX_BATCH_PER_SHARD = 4096  # the batch search stops doubling here
 
 
 class PlanError(ValueError):
@@ -42,6 +47,7 @@ class Plan:
   compile_s: float = 0.0
   facts: dict = dataclasses.field(default_factory=dict)
   search: list = dataclasses.field(default_factory=list)
+  probes: list = dataclasses.field(default_factory=list)  # largest_batch's compiles
   error: str = ""
 
   @property
@@ -120,14 +126,7 @@ def plan(
   log=lambda message: None,
 ) -> Plan:
   """Compiles the job for the slice; `mesh` pins the axis sizes (else searched, see above)."""
-  try:
-    tpu = topology.parse(topology_name)
-  except ValueError as e:
-    raise PlanError(str(e)) from None
-  try:
-    shape = None if mesh is None else sharding.mesh_shape(mesh, tpu.num_chips)
-  except ValueError as e:
-    raise PlanError(f"{topology_name} has {tpu.num_chips} chips: {e}") from None
+  tpu, shape = _slice(topology_name, mesh)
   _deviceless_libtpu(topology_name)
   devices = topology.devices(topology_name)
   result = Plan(request.job, topology_name, tpu.num_chips, tpu.hbm_bytes, fit, {})
@@ -153,6 +152,75 @@ def plan(
     log(f"  peak {compiled.memory.peak / 2**30:.1f} GiB per chip: {verdict}")
     if result.fits:
       break
+  return result
+
+
+def _slice(topology_name: str, mesh: dict | None):
+  """(the parsed slice, the pinned mesh's axis sizes or None); PlanErrors name the problem."""
+  try:
+    tpu = topology.parse(topology_name)
+  except ValueError as e:
+    raise PlanError(str(e)) from None
+  try:
+    return tpu, None if mesh is None else sharding.mesh_shape(mesh, tpu.num_chips)
+  except ValueError as e:
+    raise PlanError(f"{topology_name} has {tpu.num_chips} chips: {e}") from None
+
+
+def encoder_mesh(topology_name: str, mesh: dict | None = None) -> dict:
+  """The axis sizes preprocessing runs its encoders on: `mesh` (only data and fsdp may split)
+  or every chip on data."""
+  _, shape = _slice(topology_name, mesh or dict(data=-1))
+  sizes = dict(zip(sharding.MESH_AXES, shape, strict=True))
+  if sizes["context"] * sizes["tensor"] != 1:
+    raise PlanError(f"the encoders split only data and fsdp: mesh {sizes} has context or tensor")
+  return sizes
+
+
+def largest_batch(
+  config,
+  request: programs.Request,
+  topology_name: str,
+  *,
+  mesh: dict | None = None,
+  fit: float = DEFAULT_FIT,
+  log=lambda message: None,
+) -> Plan:
+  """The plan at the largest batch of an encoder job (vae, text) that fits each chip.
+
+  Batches are whole batch shards of `mesh` (default: every chip on `data`, as preprocessing
+  splits its clips): 1, 2, 4, ... per shard until a compile does not fit, then bisection between
+  the last fitting and the first misfit. The result (at one row per shard when even that does
+  not fit) lists every compile in `probes` and the smallest misfit in facts next_batch/next_peak.
+  """
+  if request.job not in programs.ENCODER_JOBS:
+    raise PlanError(f"the batch search plans {programs.ENCODER_JOBS}, not job {request.job!r}")
+  sizes = encoder_mesh(topology_name, mesh)
+  shards = math.prod(sizes[a] for a in sharding.batch_axes(config.logical_rules))
+  plans = {}
+
+  def fits(per_shard: int) -> bool:
+    batch = per_shard * shards
+    log(f"probing batch {batch} ({per_shard} per batch shard)")
+    plans[per_shard] = plan(
+      config, dataclasses.replace(request, batch=batch), topology_name, mesh=sizes, fit=fit, log=log
+    )
+    return plans[per_shard].fits
+
+  lo, hi = 0, 1
+  while hi <= MAX_BATCH_PER_SHARD and fits(hi):
+    lo, hi = hi, 2 * hi
+  if lo and hi <= MAX_BATCH_PER_SHARD:
+    while hi - lo > 1:
+      mid = (lo + hi) // 2
+      lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+  result = plans[lo or 1]
+  result.probes = [
+    dict(batch=k * shards, peak=p.per_device_bytes.peak, fits=p.fits, compile_s=p.compile_s)
+    for k, p in sorted(plans.items())
+  ]
+  if hi in plans and lo:
+    result.facts.update(next_batch=hi * shards, next_peak=plans[hi].per_device_bytes.peak)
   return result
 
 

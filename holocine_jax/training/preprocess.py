@@ -189,7 +189,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--detector_batch", type=int, default=4, help="TransNet V2 windows per call")
   p.add_argument("--cut_tolerance", type=int, default=4, help="frames a given cut may be off")
   p.add_argument("--drop_cut_mismatch", action="store_true", help="skip such lines, not keep")
-  p.add_argument("--batch_size", type=int, default=1, help="clips per encoder call")
+  p.add_argument(
+    "--batch_size",
+    type=int,
+    default=1,
+    help="clips per encoder call (largest that fits: python -m holocine_jax.plan --for preprocess)",
+  )
   p.add_argument("--shard_size", type=int, default=32, help="manifest lines per shard")
   p.add_argument("--fsdp", type=int, default=1, help="local mesh: params split this many ways")
   p.add_argument("--workers", type=int, default=2, help="video decoding threads")
