@@ -83,6 +83,10 @@ def train(**overrides) -> ml_collections.ConfigDict:
     async_checkpoint=True,
     tensorboard=True,
     progress_bar=True,
+    # Every this many steps (and at the last), sample scenes with the config's sample / sampler
+    # blocks from the current params into workdir/samples/step_<N> and TensorBoard; 0: off.
+    sample_every=0,
+    sample_scenes="",  # sampling JSONL file; empty: built-in toy scenes (synthetic data only)
   )
   base.update(overrides)
   return ml_collections.ConfigDict(base)

@@ -147,6 +147,22 @@ def _text_check(config, tokenizer):
   return lambda scene, negative: text.tokenize_prompts(tok, [scene, negative], s.text_len)
 
 
+def defaults(config) -> dict:
+  """What a request line leaves out, from `config`; raises naming the config key of a value no
+  line could take."""
+  s = config.sample
+  values = dict(
+    guidance=[config.sampler.guidance_high, config.sampler.guidance_low],
+    height=s.height,
+    width=s.width,
+    steps=config.sampler.num_steps,
+    seed=s.seed,
+    negative_prompt=s.negative_prompt,
+  )
+  requests.check_defaults(values, _DEFAULT_KEYS)
+  return values
+
+
 def limits(config, tokenizer=None) -> requests.Limits:
   """Everything generation with `config` can take, for checking lines as they are read."""
   model = DiTConfig.from_config(config.model)
@@ -161,8 +177,8 @@ def limits(config, tokenizer=None) -> requests.Limits:
 
 
 def _decoder(config, source, mesh, rules):
-  """(latents, num_frames, height, width) -> uint8 video; raises job.NonFiniteOutputError naming
-  the scenes whose latents or decoded pixels are not finite."""
+  """(latents, num_frames, height, width) -> uint8 video (numpy, on every process); raises
+  job.NonFiniteOutputError naming the scenes whose latents or decoded pixels are not finite."""
   if config.sample.decoder == "latent_rgb":
     to_video = lambda latents, *size: (generator.latent_preview(latents, *size), None)
   else:
@@ -177,7 +193,7 @@ def _decoder(config, source, mesh, rules):
     frames, finite_B = to_video(latents, *size)
     if finite_B is not None:
       job.check_finite("pixels", finite_B)
-    return frames
+    return job.to_host(frames)
 
   return checked
 
@@ -218,14 +234,18 @@ def setup(config, source: store.Source | None = None, *, tokenizer=None, random_
 
 
 def build(
-  config, source: store.Source | None = None, *, tokenizer=None, random_init=False
+  config, source: store.Source | None = None, *, tokenizer=None, random_init=False, params=None
 ) -> generator.Generator:
-  """The generator for `config` with the experts of `source` (from `open_checkpoint`) or a
-  random init."""
+  """The generator for `config` with the experts of `source` (from `open_checkpoint`), a random
+  init, or `params`: a DiT variable tree already on the config's mesh (a training run's
+  in-memory params) serving every step."""
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.logical_rules)
   model = WanDiT(DiTConfig.from_config(config.model))
-  high, low = _experts(model, config, source, random_init, mesh, rules)
+  if params is None:
+    high, low = _experts(model, config, source, random_init, mesh, rules)
+  else:
+    high, low = params, None
   s = config.sample
   return generator.Generator(
     model=model,
@@ -262,29 +282,20 @@ def main(argv=None) -> job.JobReport:
   parser.add_argument("--no_progress", action="store_true")
   args = parser.parse_args(argv)
   config = config_file.load(args.config, args.set)
-  s = config.sample
-  defaults = dict(
-    guidance=[config.sampler.guidance_high, config.sampler.guidance_low],
-    height=s.height,
-    width=s.width,
-    steps=config.sampler.num_steps,
-    seed=s.seed,
-    negative_prompt=s.negative_prompt,
-  )
-  requests.check_defaults(defaults, _DEFAULT_KEYS)
+  line_defaults = defaults(config)
   source = open_checkpoint(config, args.checkpoint, args.step, args.allow_attention_change)
   step = None if source is None else source.step
   weights = dict(tokenizer=args.tokenizer, random_init=args.random_init)
   mesh = sharding.make_mesh(config.mesh)
   with job.exclusive(args.out):
-    items = list(requests.read(args.scenes, defaults, limits(config, args.tokenizer)))
+    items = list(requests.read(args.scenes, line_defaults, limits(config, args.tokenizer)))
     report = job.run(
       items,
       lambda: build(config, source, **weights),
       args.out,
       setup=setup(config, source, **weights),
       batch_size=sharding.batch_shards(mesh, sharding.logical_rules(config.logical_rules)),
-      fps=s.fps,
+      fps=config.sample.fps,
       metadata=dict(config=args.config, overrides=args.set, checkpoint=args.checkpoint, step=step),
       progress=not args.no_progress,
     )

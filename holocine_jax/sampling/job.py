@@ -10,7 +10,8 @@ Requests of equal shape are
 batched (up to `batch_size`, the data-parallel width); a bad line or a failed batch is reported
 and the rest still run. Nothing non-finite is written: a scene whose latents or pixels hold NaN
 or Inf fails (`NonFiniteOutputError`) and its finite batch-mates are generated again without it;
-sidecars are strict JSON.
+sidecars are strict JSON. With several processes every one generates (the params are sharded
+over all of them) and only process 0 writes; what is left to do is what process 0 finds.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from holocine_jax import files
 from holocine_jax.sampling import video_io
@@ -48,9 +51,17 @@ def finite_rows(x_BxN) -> jnp.ndarray:
   return jnp.isfinite(x_BxN).reshape(x_BxN.shape[0], -1).all(axis=1)
 
 
+def to_host(x) -> np.ndarray:
+  """`x` as numpy on every process; an array spread over several processes is gathered first
+  (a collective: every process calls it)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 def check_finite(what: str, finite_B) -> None:
   """Raises NonFiniteOutputError naming the positions where `finite_B` is False."""
-  bad = np.flatnonzero(~np.asarray(finite_B))
+  bad = np.flatnonzero(~to_host(finite_B))
   if bad.size:
     raise NonFiniteOutputError(what, bad)
 
@@ -174,6 +185,15 @@ def batches(requests: list[SceneRequest], batch_size: int) -> list[list[SceneReq
   ]
 
 
+def _as_process_zero(todo: list[SceneRequest], requests: list[SceneRequest]) -> list[SceneRequest]:
+  """Process 0's `todo` (of `requests`) on every process (a collective when there are several),
+  so all generate the same batches whatever their own disks hold."""
+  if jax.process_count() == 1 or not requests:
+    return todo
+  pending = multihost_utils.broadcast_one_to_all(np.array([r in todo for r in requests]))
+  return [r for r, p in zip(requests, pending, strict=True) if p]
+
+
 def run(
   items: Iterable[SceneRequest | RequestError],
   make_generate: Callable[[], Callable[[list[SceneRequest]], list[tuple]]],
@@ -190,12 +210,13 @@ def run(
   `generate(batch)` returns (uint8 frames, timings) per request, in order). `setup` (JSON) is
   what besides the request determines a video; `metadata` is recorded as is."""
   report = JobReport()
-  todo = []
+  todo, requests = [], []
   for item in items:
     if isinstance(item, RequestError):
       report.bad_lines.append(str(item))
       log(f"skipping bad request: {item}")
       continue
+    requests.append(item)
     stored = _finished(out_dir, item.id)
     if stored is not None and stored.get("fingerprint") == fingerprint(item, setup):
       report.skipped.append(item.id)
@@ -206,8 +227,12 @@ def run(
         f"scene {item.id} (line {item.line}) differs from its existing video "
         f"({', '.join(report.changed[item.id])}); generating it again"
       )
-    remove_partial(out_dir, item.id)
     todo.append(item)
+  todo = _as_process_zero(todo, requests)
+  writes = jax.process_index() == 0
+  if writes:
+    for item in todo:
+      remove_partial(out_dir, item.id)
   if report.skipped:
     log(f"{len(report.skipped)} scenes already done in {out_dir}; {len(todo)} to go")
   if not todo:
@@ -255,11 +280,12 @@ def run(
       except ValueError as e:
         fail(r, e)
         continue
-      mp4, sidecar_path = output_paths(out_dir, r.id)
-      with contextlib.suppress(FileNotFoundError):  # a sidecar only ever describes its mp4
-        os.remove(sidecar_path)
-      video_io.write_mp4(mp4, frames, fps)
-      files.write_json(sidecar_path, sidecar)
+      if writes:
+        mp4, sidecar_path = output_paths(out_dir, r.id)
+        with contextlib.suppress(FileNotFoundError):  # a sidecar only ever describes its mp4
+          os.remove(sidecar_path)
+        video_io.write_mp4(mp4, frames, fps)
+        files.write_json(sidecar_path, sidecar)
       report.done.append(r.id)
       bar.update(1)
     seconds = time.perf_counter() - start

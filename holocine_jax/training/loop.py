@@ -4,7 +4,8 @@ Metrics of step k are fetched after step k+1 is dispatched, so the host never st
 device; a non-finite loss stops training with the step that produced it. Checkpoints are saved
 every `checkpoint_every` steps, at the end, and at a preemption notice (jax's preemption sync
 point, or SIGTERM on any process: with several processes the flag is all-gathered every step);
-the result then says `preempted`. Nonsensical `train` settings are refused before anything runs.
+the result then says `preempted`. With `sample_every`, a few scenes are sampled from the current
+params between steps (samples.py). Nonsensical `train` settings are refused before anything runs.
 """
 
 import dataclasses
@@ -18,7 +19,7 @@ import numpy as np
 from holocine_jax import sharding
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
-from holocine_jax.training import checkpoint, global_batch, pipeline, state, synthetic
+from holocine_jax.training import checkpoint, global_batch, pipeline, samples, state, synthetic
 from holocine_jax.training import loss as loss_lib
 from holocine_jax.training import metrics as metrics_lib
 from holocine_jax.training import step as step_lib
@@ -48,6 +49,7 @@ def check_config(config) -> None:
     bad.append(f"train.warmup_steps must be an integer >= 0, got {t.warmup_steps!r}")
   if not (isinstance(t.learning_rate, (int, float)) and 0 < t.learning_rate < math.inf):
     bad.append(f"train.learning_rate must be a finite number > 0, got {t.learning_rate!r}")
+  bad += samples.check_config(config)
   if bad:
     raise ValueError("; ".join(bad))
 
@@ -77,6 +79,7 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
   model = WanDiT(DiTConfig.from_config(config.model))
   tx, schedule = state.optimizer(train_cfg)
   fm = loss_lib.FlowMatching.from_config(train_cfg)
+  sampler = samples.Samples(config, workdir) if train_cfg.sample_every else None
 
   source, shapes = open_source(config)
   rows = global_batch.host_rows(mesh, rules, train_cfg.global_batch)
@@ -148,6 +151,8 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
           report(*pending)
           pending = None
           ckpt.save(done, train_state, iterator)
+        if sampler is not None and not preempted and sampler.due(done):
+          sampler(done, train_state.params, writer)
         if on_step is not None:
           on_step(done, train_state, device_metrics)
         if preempted:

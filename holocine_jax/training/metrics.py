@@ -1,4 +1,5 @@
-"""Training metrics: TensorBoard event files and the console (progress bar + log lines).
+"""Training metrics: TensorBoard event files (scalars, sample images) and the console (progress
+bar + log lines).
 
 Only process 0 writes; every process may call the methods.
 """
@@ -7,11 +8,13 @@ import os
 import sys
 
 import jax
+import numpy as np
 import tqdm
 
 
 class MetricWriter:
-  """Scalars to TensorBoard (`workdir/tensorboard`) and console; a progress bar over steps."""
+  """Scalars and images to TensorBoard (`workdir/tensorboard`), lines to the console; a progress
+  bar over steps."""
 
   def __init__(self, workdir, *, start_step, total_steps, tensorboard=True, progress_bar=True):
     self.active = jax.process_index() == 0
@@ -35,14 +38,27 @@ class MetricWriter:
     self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
 
   def write(self, step: int, metrics: dict[str, float]):
-    if not self.active:
-      return
+    """Training scalars to TensorBoard and a console line."""
+    self.scalars(step, metrics, "train")
+    self.log(f"step {step}: " + " ".join(f"{k}={v:.5g}" for k, v in metrics.items()))
+
+  def scalars(self, step: int, metrics: dict[str, float], prefix: str):
+    """Scalars to TensorBoard as `prefix/name`."""
     if self.tb is not None:
       for name, value in metrics.items():
-        self.tb.add_scalar(f"train/{name}", value, step)
+        self.tb.add_scalar(f"{prefix}/{name}", value, step)
       self.tb.flush()
-    line = " ".join(f"{k}={v:.5g}" for k, v in metrics.items())
-    message = f"step {step}: {line}"
+
+  def image(self, tag: str, image, step: int):
+    """An RGB image (uint8 [H, W, 3] or a PIL image) to TensorBoard."""
+    if self.tb is not None:
+      self.tb.add_image(tag, np.asarray(image), step, dataformats="HWC")
+      self.tb.flush()
+
+  def log(self, message: str):
+    """A console line (process 0), printed above the progress bar when it shows."""
+    if not self.active:
+      return
     if self.bar.disable:
       print(message, flush=True)
     else:
