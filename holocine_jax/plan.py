@@ -101,6 +101,8 @@ def table(plan) -> str:
     ("  temporaries", _gib(m.temporaries)),
     ("  aliased", _gib(m.aliased)),
   ]
+  if m.resident:
+    rows.append(("  resident", f"{_gib(m.resident)} (the other encoder's params)"))
   if "tokens" in f:
     rows.append(("input", f"{f['rows']} rows x {f['tokens']:,} tokens"))
   if "frames" in f:

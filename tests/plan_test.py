@@ -3,10 +3,12 @@
 import dataclasses
 import json
 
+import jax
 import pytest
 
 from holocine_jax import config_file, plan
 from holocine_jax.planning import memory, programs, search
+from holocine_jax.weights import formats
 
 SMALL_SCENE = ["--frames", "17", "--height", "64", "--width", "64", "--shots", "2"]
 TINY = ["--config", "configs/tiny.py:block=128", *SMALL_SCENE]  # TPU kernel: 128k blocks
@@ -48,7 +50,8 @@ def test_tiny_sparse_train_json(capsys):
   )
   assert out["hbm_bytes"] == int(95.74 * 2**30) and out["num_layers"] == 2
   m = out["per_device_bytes"]
-  assert set(m) == {"arguments", "outputs", "temporaries", "aliased", "peak"}
+  assert set(m) == {"arguments", "outputs", "temporaries", "aliased", "resident", "peak"}
+  assert m["resident"] == 0  # training holds nothing outside its step
   assert m["peak"] == m["arguments"] + m["outputs"] + m["temporaries"] - m["aliased"] > 0
   assert m["aliased"] > 0  # the train state is donated
   assert out["compile_s"] > 0 and out["fraction"] == pytest.approx(
@@ -210,9 +213,13 @@ def test_tiny_text_batch_search_compiles():
 
 
 def test_tiny_vae_encode_compiles():
-  """Preprocessing's VAE call (data/encoders.video_encoder) on uint8 clips, one per chip."""
+  """Preprocessing's VAE call (data/encoders.video_encoder) on uint8 clips, one per chip, beside
+  the umT5 params that preprocessing keeps loaded."""
   config = _tiny_encoders()
   request = programs.Request("vae", 5, 32, 32, shots=1, batch=4, purpose="preprocess")
   result = search.plan(config, request, "v5p-8", mesh=search.encoder_mesh("v5p-8"))
   assert result.compiled and result.fits and result.facts == dict(rows=4, frames=5)
-  assert result.per_device_bytes.arguments > 0
+  m = result.per_device_bytes
+  shapes, _ = formats.abstract("umt5", formats.model_config("umt5", config))
+  assert m.resident == sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))  # replicated
+  assert m.peak == m.arguments + m.outputs + m.temporaries - m.aliased + m.resident

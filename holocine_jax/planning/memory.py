@@ -4,7 +4,8 @@ A program that does not fit fails in the TPU compiler with RESOURCE_EXHAUSTED, i
 forms: "... the total memory required for HLO temporaries (4.30T) exceeds available HBM
 (95.74G)" (an early check) or "Ran out of memory in memory space hbm. Used 40.48G of 31.25G hbm
 ..." followed by a usage report. Either becomes a result with the numbers it gives (arguments
-counted from the abstract inputs where the message has none), not an exception.
+counted from the abstract inputs where the message has none), not an exception. A program's
+`resident` bytes (buffers its job keeps on the chips outside it) are added to the peak.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ _SIZE = r"([\d.]+)\s?([KMGTP]?)i?B?\b"
 
 @dataclasses.dataclass(frozen=True)
 class Memory:
-  """Per-chip bytes: peak = arguments + outputs + temporaries - aliased (donated) buffers."""
+  """Per-chip bytes: peak = arguments + outputs + temporaries - aliased (donated) buffers
+  + resident (what the job holds outside the program, e.g. another model's params)."""
 
   arguments: int = 0
   outputs: int = 0
   temporaries: int = 0
   aliased: int = 0
+  resident: int = 0
   peak: int = 0
 
 
@@ -76,6 +79,9 @@ def argument_bytes(args) -> int:
 def compile_program(program, mesh, rules) -> Compiled:
   """Lowers and compiles `program` under the mesh and rules; memory per chip."""
   start = time.perf_counter()
+  resident = lambda m: dataclasses.replace(
+    m, resident=program.resident, peak=m.peak + program.resident
+  )
   try:
     with sharding.activate(mesh, rules):
       compiled = program.jitted.lower(*program.args).compile()
@@ -83,7 +89,7 @@ def compile_program(program, mesh, rules) -> Compiled:
     if "RESOURCE_EXHAUSTED" not in str(e):
       raise
     memory = parse_out_of_memory(str(e), argument_bytes(program.args))
-    return Compiled(memory, time.perf_counter() - start, str(e))
+    return Compiled(resident(memory), time.perf_counter() - start, str(e))
   seconds = time.perf_counter() - start
   m = compiled.memory_analysis()
   memory = Memory(
@@ -96,4 +102,4 @@ def compile_program(program, mesh, rules) -> Compiled:
     + m.temp_size_in_bytes
     - m.alias_size_in_bytes,
   )
-  return Compiled(memory, seconds)
+  return Compiled(resident(memory), seconds)

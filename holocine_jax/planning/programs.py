@@ -27,6 +27,7 @@ from holocine_jax.data import encoders
 from holocine_jax.model import umt5
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
+from holocine_jax.planning import memory
 from holocine_jax.sampling import generator
 from holocine_jax.sampling.pipeline import Sampler, SamplerConfig
 from holocine_jax.scene import Scene
@@ -66,12 +67,14 @@ class Request:
 
 @dataclasses.dataclass
 class Program:
-  """A jitted function, abstract arguments for it, and facts about its input."""
+  """A jitted function, abstract arguments for it, facts about its input, and the per-chip
+  bytes its job keeps on the chips beside it."""
 
   jitted: Any
   args: tuple
   num_layers: int | None
   facts: dict
+  resident: int = 0
 
 
 def rows(config, request: Request, batch_shards: int) -> int:
@@ -113,6 +116,10 @@ def build(config, request: Request, mesh, num_layers: int | None = None) -> Prog
   builder = {"sample": _sample, "train": _train, "vae": _vae, "text": _text}[request.job]
   program = builder(config, request, mesh, rules, b, num_layers)
   program.facts = dict(rows=b, **program.facts)
+  if request.purpose == "preprocess":  # both encoders load once: each runs beside the other
+    other = {"vae": "umt5", "text": "vae"}[request.job]
+    params = store.target(other, formats.model_config(other, config), mesh, rules)
+    program.resident = memory.argument_bytes(params)
   return program
 
 
