@@ -91,7 +91,8 @@ def test_allowed_and_safe_config_changes_resume(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize(
-  ("arg", "match"), [("window=maybe", "window='maybe'"), ("scan=on", "scan='on'")]
+  ("arg", "match"),
+  [("window=maybe", "window='maybe'"), ("scan=on", "scan='on'"), ("size=huge", "size='huge'")],
 )
 def test_config_file_args_parse_strictly(arg, match):
   from configs import tiny
@@ -99,3 +100,4 @@ def test_config_file_args_parse_strictly(arg, match):
   with pytest.raises(ValueError, match=match):
     tiny.get_config(arg)
   assert tiny.get_config("window=false").model.window_cross_attention is False
+  assert tiny.get_config("size=wide").model.dim == 64
