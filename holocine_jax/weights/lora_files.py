@@ -1,0 +1,269 @@
+"""Wan LoRA files <-> our adapter tree (`lora_a` [layers, *in, r], `lora_b` [layers, r, *out]).
+
+A LoRA file names each adapted Linear by its base weight key with the `.weight` replaced:
+  diffusers / peft  `transformer.blocks.0.attn1.to_q.lora_A.weight` [r, in], `.lora_B.weight`
+                    [out, r] (the `transformer.` prefix optional; alpha folded into the weights)
+  wan (ComfyUI)     `diffusion_model.blocks.0.self_attn.q.lora_down.weight`, `.lora_up.weight`
+                    (or lora_A / lora_B) and `.alpha`, a scalar
+  musubi            `lora_unet_blocks_0_self_attn_q.lora_down.weight`, `.lora_up.weight`, `.alpha`
+(diffusers reads all three: `WanLoraLoaderMixin.lora_state_dict`). The update of a Linear is
+scale * (alpha / r) * up @ down, alpha = r when absent. LoRA key rules are derived from the base
+key maps (weights/diffusers_dit.py, wan_dit.py), so a LoRA key maps exactly where its base key
+does. A file becomes one `Lora`: adapters for the block Linears it touches (zeros for layers it
+leaves out), every module padded to the file's largest rank and its alpha / r folded into
+`lora_b` where it differs from the file's common one; `Lora.config(model)` is the DiTConfig that
+`model.lora.merge_adapters` applies it with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from holocine_jax.model.config import DiTConfig
+from holocine_jax.weights import diffusers_dit, keymap, reader, wan_dit, writer
+
+NAMINGS = ("diffusers", "wan", "musubi")
+FORMATS = ("diffusers", "wan")  # what `write` writes
+_BASE_RULES = {"diffusers": diffusers_dit.RULES, "wan": wan_dit.RULES, "musubi": wan_dit.RULES}
+# naming -> (key prefix read, key prefix written)
+_PREFIX = {
+  "diffusers": (r"(?:transformer\.)?", r"transformer\."),
+  "wan": (r"diffusion_model\.", r"diffusion_model\."),
+  "musubi": (r"lora_unet_", r"lora_unet_"),
+}
+# our leaf -> (key suffix read, key suffix written per naming)
+_PARTS = {
+  "lora_a": (
+    r"(?:lora_down|lora_A)\.weight",
+    {"diffusers": r"lora_A\.weight"},
+    r"lora_down\.weight",
+  ),
+  "lora_b": (r"(?:lora_up|lora_B)\.weight", {"diffusers": r"lora_B\.weight"}, r"lora_up\.weight"),
+  "alpha": (r"alpha", {}, r"alpha"),
+}
+
+
+class LoraFileError(ValueError):
+  """A LoRA file that does not fit the model: unknown keys, other shapes, missing halves."""
+
+
+def rules(naming: str, write: bool = False) -> tuple[keymap.Rule, ...]:
+  """LoRA key rules of `naming` from its base key map: `X.lora_down.weight` (and lora_A, up /
+  lora_B, alpha) of every Linear whose weight is `X.weight` -> that Linear's `lora_a` (`lora_b`,
+  `alpha`); `write` gives the one spelling `write` uses (literal, so keymap.invert can run)."""
+  out = []
+  for rule in _BASE_RULES[naming]:
+    if rule.transform != "linear" or not rule.target.endswith("/kernel"):
+      continue
+    module = rule.pattern.removesuffix(r"\.weight")
+    if naming == "musubi":
+      module = module.replace(r"\.", "_")
+    module = _PREFIX[naming][write] + module
+    for part, (read_suffix, write_suffix, default) in _PARTS.items():
+      if write and naming == "diffusers" and part == "alpha":
+        continue  # peft names carry no alpha: `write` folds it into lora_B
+      suffix = write_suffix.get(naming, default) if write else read_suffix
+      target = rule.target.removesuffix("kernel") + part
+      out.append(
+        keymap.Rule(rf"{module}\.{suffix}", target, "reshape" if part == "alpha" else "linear")
+      )
+  return tuple(out)
+
+
+_READ = {naming: rules(naming) for naming in NAMINGS}
+_WRITE = {naming: rules(naming, write=True) for naming in NAMINGS}
+
+
+def detect(keys) -> str:
+  """The naming whose rules match the most of `keys` (a file uses one)."""
+  counts = {n: sum(keymap.match(_READ[n], k) is not None for k in keys) for n in NAMINGS}
+  best = max(counts, key=counts.get)
+  if not counts[best]:
+    raise LoraFileError(
+      f"no key is a Wan LoRA key in {', '.join(NAMINGS)} names; first keys: {sorted(keys)[:5]}"
+    )
+  return best
+
+
+def _listed(items: list[str], n: int = 5) -> str:
+  more = f" and {len(items) - n} more" if len(items) > n else ""
+  return f"{', '.join(items[:n])}{more}"
+
+
+def _linears(model: DiTConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+  """{block Linear e.g. 'self_attn/q': (in dims, out dims) of its kernel [*in, *out]}; the
+  attention outputs `o` contract (heads, head_dim), every other Linear one dim."""
+  from holocine_jax.weights import formats  # formats imports the model; keep this module light
+
+  shapes, _ = formats.abstract("dit", dataclasses.replace(model, scan_layers=True))
+  out = {}
+  for path, spec in _flat(shapes["blocks"]).items():
+    if path.endswith("/kernel"):
+      module = path.removesuffix("/kernel")
+      n_in = 2 if module.endswith("/o") else 1
+      out[module] = (tuple(spec.shape[1 : 1 + n_in]), tuple(spec.shape[1 + n_in :]))
+  return out
+
+
+def _flat(tree) -> dict[str, object]:
+  from flax import traverse_util
+
+  return {"/".join(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Lora:
+  """One LoRA file as our adapters: {'blocks': {module: {'lora_a', 'lora_b'}}} (numpy fp32)."""
+
+  path: str
+  naming: str
+  rank: int
+  alpha: float
+  adapters: dict
+  sha256: str
+
+  @property
+  def targets(self) -> tuple[str, ...]:
+    """The block modules it adapts, e.g. ('self_attn/q', 'ffn_in')."""
+    return tuple(sorted({p.rsplit("/", 1)[0] for p in _flat(self.adapters["blocks"])}))
+
+  def config(self, model: DiTConfig) -> DiTConfig:
+    """`model` with this LoRA's rank, alpha and targets (what merge_adapters applies it with)."""
+    return dataclasses.replace(
+      model, lora_rank=self.rank, lora_alpha=self.alpha, lora_targets=self.targets
+    )
+
+
+def sha256(path: str) -> str:
+  """Hex sha256 of a file's contents."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 24), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _group(path: str, tensors, naming: str) -> dict[tuple[str, int], dict[str, np.ndarray]]:
+  """{(module, layer): {'lora_a' | 'lora_b' | 'alpha': tensor}}; raises naming unknown keys."""
+  modules, unknown = {}, []
+  for key, value in tensors.items():
+    hit = keymap.match(_READ[naming], key)
+    if hit is None or hit[1] is None:  # only block Linears carry adapters
+      unknown.append(key)
+      continue
+    target, layer, _ = hit
+    module, part = target.removeprefix("blocks/").rsplit("/", 1)
+    modules.setdefault((module, layer), {})[part] = value
+  if unknown:
+    raise LoraFileError(
+      f"{path}: {len(unknown)} keys match no block Linear of the model ({naming} names): "
+      f"{_listed(sorted(unknown, key=writer._natural))}"
+    )
+  halves = [
+    f"{m} layer {i}" for (m, i), parts in modules.items() if {"lora_a", "lora_b"} - set(parts)
+  ]
+  if halves:
+    raise LoraFileError(f"{path}: LoRA modules without both down and up weights: {_listed(halves)}")
+  return modules
+
+
+def _check_shapes(path: str, modules, linears, num_layers: int) -> dict[tuple[str, int], tuple]:
+  """{(module, layer): (rank, in dims, out dims)}; one error naming every shape that does not
+  fit the model (a LoRA for another architecture)."""
+  out, bad = {}, []
+  for (module, layer), parts in sorted(modules.items()):
+    down, up = parts["lora_a"].shape, parts["lora_b"].shape
+    where = f"{module} layer {layer}: down {list(down)} up {list(up)}"
+    if module not in linears:
+      bad.append(f"{where} (the model has no such Linear)")
+      continue
+    in_dims, out_dims = linears[module]
+    n_in, n_out = math.prod(in_dims), math.prod(out_dims)
+    if layer >= num_layers:
+      bad.append(f"{where} (the model has {num_layers} layers)")
+    elif len(down) != 2 or len(up) != 2 or down[1] != n_in or up[0] != n_out or up[1] != down[0]:
+      bad.append(f"{where} vs the model's weight [{n_out}, {n_in}]")
+    else:
+      out[module, layer] = (down[0], in_dims, out_dims)
+  if bad:
+    raise LoraFileError(
+      f"{path}: the LoRA does not fit this model's shapes (a LoRA for another architecture?): "
+      f"{_listed(bad, 3)}"
+    )
+  return out
+
+
+def read(path: str, model: DiTConfig) -> Lora:
+  """The LoRA file `path` as our adapters for `model`; raises LoraFileError naming unknown keys
+  or shapes that do not fit."""
+  tensors = reader.read_safetensors(path)
+  naming = detect(tensors)
+  modules = _group(path, tensors, naming)
+  dims = _check_shapes(path, modules, _linears(model), model.num_layers)
+  rank = max(r for r, _, _ in dims.values())
+  scales = {key: _alpha(parts, dims[key][0]) / dims[key][0] for key, parts in modules.items()}
+  common = set(scales.values())
+  alpha = common.pop() * rank if len(common) == 1 else float(rank)
+  flat = {}
+  for (module, layer), (r, in_dims, out_dims) in dims.items():
+    fold = scales[module, layer] / (alpha / rank)
+    a = flat.setdefault(
+      f"{module}/lora_a", np.zeros((model.num_layers, *in_dims, rank), np.float32)
+    )
+    b = flat.setdefault(
+      f"{module}/lora_b", np.zeros((model.num_layers, rank, *out_dims), np.float32)
+    )
+    parts = modules[module, layer]
+    a[layer, ..., :r] = keymap.read(parts["lora_a"], "linear", (*in_dims, r), (), np.float32)
+    b[layer, :r] = keymap.read(parts["lora_b"], "linear", (r, *out_dims), (), np.float32)
+    if fold != 1.0:
+      b[layer, :r] *= np.float32(fold)
+  adapters = _unflatten(flat)
+  return Lora(path, naming, rank, float(alpha), {"blocks": adapters}, sha256(path))
+
+
+def _alpha(parts: dict, rank: int) -> float:
+  return float(np.asarray(parts["alpha"], np.float64)) if "alpha" in parts else float(rank)
+
+
+def _unflatten(flat: dict) -> dict:
+  from flax import traverse_util
+
+  return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in flat.items()})
+
+
+def _torch_shape(path: str, spec) -> tuple[int, ...]:
+  """The file's shape of an adapter leaf: down [r, in], up [out, r], alpha a scalar."""
+  if path.endswith("/alpha"):
+    return ()
+  if path.endswith("/lora_a"):
+    return (spec.shape[-1], math.prod(spec.shape[1:-1]))
+  return (math.prod(spec.shape[2:]), spec.shape[1])
+
+
+def write(path: str | None, adapters, fmt: str, alpha: float = 0.0, dtype=np.float32) -> int:
+  """Writes adapters ({'blocks': {module: {'lora_a', 'lora_b'}}}, scanned, jax or numpy; alpha
+  0: the rank) as one safetensors file in `fmt` names: 'diffusers' (peft names, alpha / r folded
+  into lora_B) or 'wan' (original names with `diffusion_model.`, lora_down / lora_up / alpha).
+  A None `path` only takes part in the gathers. Returns the number of tensors."""
+  if fmt not in FORMATS:
+    raise ValueError(f"unknown LoRA format {fmt!r}; known: {', '.join(FORMATS)}")
+  flat = {f"blocks/{k}": jnp.asarray(v) for k, v in _flat(adapters["blocks"]).items()}
+  rank = next(v.shape[-1] for k, v in flat.items() if k.endswith("/lora_a"))
+  alpha = alpha or rank
+  if fmt == "diffusers" and alpha != rank:
+    flat = {k: v * (alpha / rank) if k.endswith("/lora_b") else v for k, v in flat.items()}
+  if fmt != "diffusers":
+    for module, layers in {k.rsplit("/", 1)[0]: v.shape[0] for k, v in flat.items()}.items():
+      flat[f"{module}/alpha"] = jnp.full((layers,), alpha, jnp.float32)
+  target = _unflatten({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in flat.items()})
+  items = writer.tensors(_WRITE[fmt], target, lambda p: _torch_shape(p, flat[p]))
+  values = writer.source_values(items, lambda p, layer: (flat[p], layer), dtype)
+  writer.write_safetensors(path, items, dtype, values)
+  return len(items)
