@@ -12,83 +12,42 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKLWan
 from safetensors.torch import save_file
-from transformers import UMT5Config as HFConfig
-from transformers import UMT5EncoderModel
 
 from holocine_jax import config_file, convert, export, sample, sharding
 from holocine_jax.model import umt5, vae
 from holocine_jax.model.dit import WanDiT
 from holocine_jax.weights import diffusers_dit, formats, keymap, loader, reader, store
-from tests import keymap_test, umt5_test
 from tests import wan_reference as ref
+from tests.support import (
+  CONFIG,
+  FAST_COMPILE,
+  MEAN,
+  STD,
+  T5,
+  VAE,
+  original_dit,
+  save_sharded,
+  state_dict,
+  t5_model,
+  to_wan_names,
+  vae_model,
+)
 
-T5 = dict(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)
-MEAN, STD = (0.1, -0.2, 0.3, 0.0), (1.5, 0.7, 2.0, 1.0)
-VAE = dict(base_dim=8, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1)
 RULES = sharding.DEFAULT_LOGICAL_RULES
-
-CONFIG = f"""
-from configs import tiny
-
-def get_config(arg=None):
-  config = tiny.get_config(arg)
-  config.text_encoder = dict(**{T5!r}, param_dtype="float32", dtype="float32")
-  config.vae = dict(**{VAE!r}, latents_mean={MEAN!r}, latents_std={STD!r})
-  return config
-"""
-
 
 # ---------------------------------------------------------------------------------------------
 # Tiny torch models and the three on-disk layouts.
 
 
-def _t5_model():
-  hf = HFConfig(
-    vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-    relative_attention_num_buckets=32, relative_attention_max_distance=128,
-    feed_forward_proj="gated-gelu", dropout_rate=0.0, layer_norm_epsilon=1e-6,
-  )  # fmt: skip
-  torch.manual_seed(0)
-  model = UMT5EncoderModel(hf).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.copy_(torch.randn_like(p) * (0.3 if p.ndim == 2 else 0.2) + (p.ndim == 1))
-  return model
-
-
-def _vae_model():
-  torch.manual_seed(0)
-  model = AutoencoderKLWan(
-    **{**VAE, "dim_mult": list(VAE["dim_mult"])},
-    temperal_downsample=[False, True, True],
-    latents_mean=list(MEAN),
-    latents_std=list(STD),
-  ).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if name.endswith("gamma"):
-        p.copy_(1 + 0.2 * torch.randn_like(p))
-  return model
-
-
 @pytest.fixture(scope="module")
 def models():
-  return dict(high=ref.tiny_wan(0), low=ref.tiny_wan(1), text_encoder=_t5_model(), vae=_vae_model())
-
-
-def _state(model):
-  return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-
-
-def _original_dit(model):
-  return {keymap_test._original_name(k): v for k, v in _state(model).items()}
+  return dict(high=ref.tiny_wan(0), low=ref.tiny_wan(1), text_encoder=t5_model(), vae=vae_model())
 
 
 def _wan_t5(model):
   """transformers umT5 -> Wan's own T5 names (models_t5_umt5-xxl-enc-bf16.pth)."""
-  return umt5_test.to_wan_names(_state(model), T5["num_layers"])
+  return to_wan_names(state_dict(model), T5["num_layers"])
 
 
 _VAE_RES = {
@@ -122,20 +81,6 @@ def _original_vae_name(key: str) -> str:
   return f"{part}.{rest}"
 
 
-def _save_sharded(state, folder, name, shards=2):
-  """safetensors shards plus a diffusers-style index.json."""
-  os.makedirs(folder, exist_ok=True)
-  keys = sorted(state)
-  weight_map = {}
-  for s in range(shards):
-    file = f"{name}-{s + 1:05d}-of-{shards:05d}.safetensors"
-    part = {k: state[k] for k in keys[s::shards]}
-    save_file(part, os.path.join(folder, file))
-    weight_map.update(dict.fromkeys(part, file))
-  with open(os.path.join(folder, f"{name}.safetensors.index.json"), "w") as f:
-    json.dump({"metadata": {}, "weight_map": weight_map}, f)
-
-
 def _write(fmt, root, models):
   if fmt == "diffusers":
     models["high"].save_pretrained(os.path.join(root, "transformer"), max_shard_size="40KB")
@@ -148,17 +93,17 @@ def _write(fmt, root, models):
   torch.save(
     _wan_t5(models["text_encoder"]), os.path.join(wan_dir, "models_t5_umt5-xxl-enc-bf16.pth")
   )
-  vae_state = {_original_vae_name(k): v for k, v in _state(models["vae"]).items()}
+  vae_state = {_original_vae_name(k): v for k, v in state_dict(models["vae"]).items()}
   torch.save(vae_state, os.path.join(wan_dir, "Wan2.1_VAE.pth"))
   if fmt == "wan":
     for name in ("high", "low"):
       folder = os.path.join(root, f"{name}_noise_model")
-      _save_sharded(_original_dit(models[name]), folder, "diffusion_pytorch_model")
+      save_sharded(original_dit(models[name]), folder, "diffusion_pytorch_model")
   else:
     folder = os.path.join(root, "HoloCine_dit", "full")
     os.makedirs(folder)
     for name in ("high", "low"):
-      save_file(_original_dit(models[name]), os.path.join(folder, f"full_{name}_noise.safetensors"))
+      save_file(original_dit(models[name]), os.path.join(folder, f"full_{name}_noise.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -198,8 +143,6 @@ def mesh8():
 # ---------------------------------------------------------------------------------------------
 # Round trips: outputs of the loaded params vs torch (fp32).
 
-_FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
 
 @functools.partial(jax.jit, static_argnums=0)
 def _dit_apply(config, params, x, t, ctx):
@@ -236,7 +179,7 @@ def _check_t5(out, torch_model, mesh):
   return float(np.abs(got - want).max() / np.abs(want).max())
 
 
-_decode = jax.jit(vae.decode, static_argnums=2, compiler_options=_FAST)
+_decode = jax.jit(vae.decode, static_argnums=2, compiler_options=FAST_COMPILE)
 
 
 def _check_vae(out, torch_model, mesh):
@@ -372,7 +315,7 @@ class _SpyCheckpoint(dict):
 def test_each_shard_reads_only_its_slice(models, mesh8):
   """Building a param under fsdp=8 reads 1/8 of each source tensor per device, and scanned
   params read each layer separately."""
-  state = {k: v.numpy() for k, v in _state(models["high"]).items()}
+  state = {k: v.numpy() for k, v in state_dict(models["high"]).items()}
   log = []
   checkpoint = _SpyCheckpoint({k: _Spy(v, log) for k, v in state.items()})
   config = formats.model_config("dit", config_file.load("configs/tiny.py"))
@@ -397,10 +340,10 @@ def test_each_shard_reads_only_its_slice(models, mesh8):
 def _write_wan(root, models, edit_low=None, t5_dtype=None):
   """A wan-layout folder: high/low experts (original names, sharded) and the T5 .pth."""
   for name in ("high", "low"):
-    state = _original_dit(models[name])
+    state = original_dit(models[name])
     if name == "low" and edit_low is not None:
       edit_low(state)
-    _save_sharded(state, os.path.join(root, f"{name}_noise_model"), "diffusion_pytorch_model")
+    save_sharded(state, os.path.join(root, f"{name}_noise_model"), "diffusion_pytorch_model")
   t5 = _wan_t5(models["text_encoder"])
   if t5_dtype is not None:
     t5 = {k: v.to(t5_dtype) for k, v in t5.items()}
@@ -468,7 +411,7 @@ def test_broken_expert_leaves_no_checkpoint(models, config_path, tmp_path, edit,
 @pytest.mark.parametrize("dtype", [torch.int32, torch.bool])
 def test_integer_and_bool_weights_are_refused_naming_the_key(models, config_path, tmp_path, dtype):
   state = {k: v.to(dtype) if k.endswith("ffn.0.weight") else v for k, v in
-           _original_dit(models["high"]).items()}  # fmt: skip
+           original_dit(models["high"]).items()}  # fmt: skip
   save_file(state, str(tmp_path / "full_high_noise.safetensors"))
   out, run = _cli(str(tmp_path), config_path)
   name = str(dtype).removeprefix("torch.")
@@ -482,7 +425,7 @@ def test_integer_and_bool_weights_are_refused_naming_the_key(models, config_path
 
 
 def test_nonfinite_weight_is_refused_unless_allowed(models, config_path, tmp_path):
-  state = {k: v.to(torch.float16) for k, v in _original_dit(models["high"]).items()}
+  state = {k: v.to(torch.float16) for k, v in original_dit(models["high"]).items()}
   state["blocks.1.self_attn.k.weight"][3, 5] = float("nan")
   save_file(state, str(tmp_path / "full_high_noise.safetensors"))
   out, run = _cli(str(tmp_path), config_path)
@@ -594,7 +537,7 @@ def test_architecture_from_config_json_without_config(converted, models, tmp_pat
 
 def test_architecture_from_shapes_assumes_wan_head_dim(models, tmp_path, mesh8):
   wide = ref.tiny_wan(2, num_attention_heads=2, attention_head_dim=128)  # dim 256
-  save_file(_original_dit(wide), str(tmp_path / "full_high_noise.safetensors"))
+  save_file(original_dit(wide), str(tmp_path / "full_high_noise.safetensors"))
   out = str(tmp_path / "out")
   record = convert.main(["--src", str(tmp_path), "--out", out, "--no_progress"])
   entry = record["components"]["high"]
@@ -603,7 +546,7 @@ def test_architecture_from_shapes_assumes_wan_head_dim(models, tmp_path, mesh8):
   # the default config computes in bf16: measured 6.6e-3 relative (wrong heads: O(1))
   assert _check_dit(out, "high", wide, mesh8) < 3e-2
   # dim 32 is no multiple of 128: the heads must come from a --config
-  save_file(_original_dit(models["high"]), str(tmp_path / "full_high_noise.safetensors"))
+  save_file(original_dit(models["high"]), str(tmp_path / "full_high_noise.safetensors"))
   with pytest.raises(convert.ArchitectureError, match="dim 32 is not a multiple of Wan's head_dim"):
     convert.convert(str(tmp_path), str(tmp_path / "none"), progress=False)
 

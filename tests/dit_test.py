@@ -16,6 +16,7 @@ from holocine_jax.layout import LatentGrid, ShotLayout, TextWindows
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
 from holocine_jax.weights import diffusers_dit, keymap
+from tests import support
 from tests import wan_reference as ref
 
 B, F, H, W, C, T = 2, 7, 4, 6, 4, 16
@@ -31,11 +32,7 @@ WINDOWS = [
 
 
 def _inputs(seed=0):
-  rng = np.random.RandomState(seed)
-  x = rng.randn(B, F, H, W, C).astype(np.float32)
-  t = np.array([999.0, 312.5], np.float32)
-  ctx = rng.randn(B, T, 24).astype(np.float32)
-  return x, t, ctx
+  return support.dit_inputs((B, F, H, W, C), T, seed)
 
 
 def _params(config: DiTConfig, torch_model):
@@ -55,17 +52,13 @@ def torch_model():
   return ref.tiny_wan()
 
 
-def _rel_err(out, want):
-  return float(np.abs(np.asarray(out) - want).max() / np.abs(want).max())
-
-
 def test_full_attention_matches_diffusers(torch_model):
   config = _config("window=false")
   x, t, ctx = _inputs()
   out = WanDiT(config).apply({"params": _params(config, torch_model)}, x, t, ctx)
   want = ref.run(torch_model, x, t, ctx)
   # Measured 9.2e-7 relative (max abs error 8.1e-6 at max |out| 8.8).
-  assert _rel_err(out, want) < 1e-5
+  assert support.rel_err(out, want) < 1e-5
 
 
 def _released_bias():
@@ -94,10 +87,10 @@ def test_holocine_attention_matches_released_algorithm(attention):
   out = WanDiT(config).apply({"params": _params(config, torch_model)}, x, t, ctx, shots)
   want = ref.run(torch_model, x, t, ctx)
   # Measured 7.1e-7 (reference), 8.1e-7 (packed), 7.5e-7 (kernel), 1.1e-6 (full + window).
-  assert _rel_err(out, want) < 1e-5
+  assert support.rel_err(out, want) < 1e-5
   # The shot structure matters: plain full attention without windows differs.
   plain = WanDiT(_config("window=false")).apply({"params": _params(config, torch_model)}, x, t, ctx)
-  assert _rel_err(plain, want) > 1e-3
+  assert support.rel_err(plain, want) > 1e-3
 
 
 def test_negative_prompt_without_windows_is_plain_cross_attention(torch_model):
@@ -131,7 +124,7 @@ def test_scan_unrolled_and_remat_agree(torch_model):
   )
   np.testing.assert_allclose(got, want, rtol=1e-6)
   # Recomputation reorders fp32 sums: compare each gradient relative to its own scale.
-  errs = jax.tree.map(_rel_err, grad, jax.tree.map(np.asarray, want_grad))
+  errs = jax.tree.map(support.rel_err, grad, jax.tree.map(np.asarray, want_grad))
   assert max(jax.tree.leaves(errs)) < 1e-5, errs
 
 
@@ -144,7 +137,7 @@ def test_bf16_compute_stays_close(torch_model):
   out16 = WanDiT(bf16).apply({"params": params}, x, t, ctx)
   assert out16.dtype == jnp.bfloat16
   # bf16 has 8 mantissa bits; through 2 blocks the error stays a few percent of the scale.
-  assert _rel_err(out16.astype(jnp.float32), np.asarray(out32)) < 0.05
+  assert support.rel_err(out16.astype(jnp.float32), np.asarray(out32)) < 0.05
 
 
 @pytest.mark.parametrize(

@@ -19,10 +19,10 @@ from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
 from holocine_jax.training import loop
 from holocine_jax.weights import diffusers_dit, formats, keymap, reader, store
-from tests import convert_test, dit_test
+from tests import support
 from tests import wan_reference as ref
 
-TINY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs/tiny.py")
+TINY = os.path.join(support.ROOT, "configs/tiny.py")
 
 
 def _write_source(fmt, root, dtype):
@@ -33,11 +33,11 @@ def _write_source(fmt, root, dtype):
   if fmt == "diffusers":
     models["high"].save_pretrained(os.path.join(root, "transformer"), max_shard_size="40KB")
     models["low"].save_pretrained(os.path.join(root, "transformer_2"))
-    return {n: convert_test._state(m) for n, m in models.items()}
-  states = {n: convert_test._original_dit(m) for n, m in models.items()}
+    return {n: support.state_dict(m) for n, m in models.items()}
+  states = {n: support.original_dit(m) for n, m in models.items()}
   for name, state in states.items():
     if fmt == "wan":
-      convert_test._save_sharded(
+      support.save_sharded(
         state, os.path.join(root, f"{name}_noise_model"), "diffusion_pytorch_model"
       )
     else:
@@ -106,11 +106,11 @@ def test_diffusers_runs_our_forward_from_the_exported_folder(tmp_path):
   )
   assert len(files) > 1
   model = WanTransformer3DModel.from_pretrained(str(tmp_path), subfolder="transformer").eval()
-  x, t, ctx = dit_test._inputs()
+  x, t, ctx = support.dit_inputs((2, 7, 4, 6, 4), 16)
   want = ref.run(model, x, t, ctx)
   out = jax.jit(WanDiT(config).apply)({"params": params}, x, t, ctx)
   # Measured 8e-7 relative (the same math as dit_test's parity on converted weights).
-  assert dit_test._rel_err(out, want) < 1e-5
+  assert support.rel_err(out, want) < 1e-5
   # The same params as an unrolled (`blocks_N`) tree write the same bytes.
   unrolled = {k: v for k, v in params.items() if k != "blocks"}
   for i in range(config.num_layers):

@@ -17,8 +17,8 @@ from holocine_jax import convert
 from holocine_jax.data import clips, cuts, encoders, manifest, shards, video_decode
 from holocine_jax.sampling import video_io
 from holocine_jax.training import dataset, loop, pipeline, preprocess
+from tests import support
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_FPS, FPS = 16, 8  # videos are written at 16 fps and preprocessed at 8
 CUTS = [9, 21]  # hard.mp4's cuts at 8 fps (source frames 18 and 42)
 COLOURS = [((200, 30, 30), (240, 240, 80)), ((20, 40, 180), (250, 250, 250)),
@@ -151,12 +151,10 @@ def _tokenizer(folder):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
   """(converted folder with a tiny random Wan VAE and umT5 from torch, tokenizer path)."""
-  from tests import convert_test
-
   root = tmp_path_factory.mktemp("torch_models")
-  convert_test._t5_model().save_pretrained(root / "text_encoder")
-  convert_test._vae_model().save_pretrained(root / "vae")
-  (root / "config.py").write_text(convert_test.CONFIG)
+  support.t5_model().save_pretrained(root / "text_encoder")
+  support.vae_model().save_pretrained(root / "vae")
+  (root / "config.py").write_text(support.CONFIG)
   out = root / "converted"
   argv = ["--src", str(root), "--format", "diffusers", "--config", str(root / "config.py")]
   convert.main([*argv, "--out", str(out), "--no_progress"])
@@ -164,7 +162,7 @@ def checkpoint(tmp_path_factory):
 
 
 def test_model_encoders_records_then_two_train_steps(videos, checkpoint, tmp_path, monkeypatch):
-  monkeypatch.chdir(ROOT)
+  monkeypatch.chdir(support.ROOT)
   folder, tokenizer = checkpoint
   scenes = _write_manifest(
     videos,
@@ -229,14 +227,14 @@ def _records(out):
 
 
 def test_kill_then_rerun_has_every_record_once(videos, tmp_path, monkeypatch):
-  monkeypatch.chdir(ROOT)
+  monkeypatch.chdir(support.ROOT)
   scenes = _write_manifest(videos, "kill.jsonl", [_scene(i) for i in range(6)])
   out = tmp_path / "data"
   argv = _toy(scenes, out, "--shard_size", "1", "--detector_batch", "1")
   with open(tmp_path / "log.txt", "w") as log:
     proc = subprocess.Popen(
       [sys.executable, "-m", "holocine_jax.training.preprocess", *argv],
-      cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+      cwd=support.ROOT, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     folder = os.path.join(dataset.output_dir(out), shards.RECORDS, "train")
     deadline = time.time() + 300

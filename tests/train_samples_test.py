@@ -20,8 +20,8 @@ from holocine_jax.model.dit import WanDiT
 from holocine_jax.sampling import generator, pipeline, video_io
 from holocine_jax.sampling.pipeline import SamplerConfig
 from holocine_jax.training import loop, metrics, samples
-from tests import training_multihost_test
-from tests.training_multihost_test import ROOT, local_multihost
+from tests import support
+from tests.support import ROOT, local_multihost
 
 TOY_IDS = [f"toy{i:03d}" for i in range(samples.TOY_SCENES)]
 
@@ -179,7 +179,7 @@ def test_two_processes_sample_together_and_process_zero_writes(tmp_path):
   )  # fmt: skip
   codes = local_multihost.launch(
     os.path.join(ROOT, "configs/tiny.py:steps=2"), str(workdir), processes=2,
-    devices_per_process=4, overrides=overrides, xla_flags=training_multihost_test.FAST,
+    devices_per_process=4, overrides=overrides, xla_flags=support.FAST_XLA_FLAGS,
     timeout=300,
   )  # fmt: skip
   logs = [(workdir / "logs" / f"process_{i}.log").read_text() for i in range(2)]

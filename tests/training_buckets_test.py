@@ -18,10 +18,10 @@ from holocine_jax.model.dit import WanDiT, init_fn
 from holocine_jax.training import loop, pipeline, records, synthetic
 from holocine_jax.training import loss as loss_lib
 from holocine_jax.training import step as step_lib
+from tests import support
 
 # 13 / 17 / 25 video frames = 4 / 5 / 7 latent frames: 4-frame clips are padded into bucket 5.
 FRAMES, BUCKETS = (13, 17, 25), (5, 7)
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _config(arg="attention=sparse,impl=reference,samples=48,batch=4", buckets=BUCKETS):
@@ -70,7 +70,7 @@ def test_padded_frames_add_nothing_to_the_loss_or_gradient(attention):
     args = (params, batch["latents"], inputs)
     shape = batch["latents"].shape
     if shape not in compiled:
-      compiled[shape] = value_and_grad.lower(*args).compile(FAST_COMPILE)
+      compiled[shape] = value_and_grad.lower(*args).compile(support.FAST_COMPILE)
     return compiled[shape](*args)
 
   exact = _collate(config, [sample])

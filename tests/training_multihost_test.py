@@ -10,14 +10,9 @@ import textwrap
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "launch"))
+from tests import support
+from tests.support import ROOT, local_multihost
 
-import local_multihost  # noqa: E402
-
-from tests import training_resume_test  # noqa: E402
-
-FAST = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 OVERRIDES = ("data.frame_choices=(17,)", "train.progress_bar=false", "train.log_every=1")
 CONFIG = "configs/tiny.py:steps=8,ckpt_every=2"  # the resume test's program: a cached compile
 
@@ -45,7 +40,7 @@ def _single_process(tmp_path, workdir, name, cache_dir):
   env = dict(
     os.environ,
     PYTHONPATH=ROOT,
-    XLA_FLAGS=training_resume_test.FAST_XLA_FLAGS,
+    XLA_FLAGS=support.xla_flags(8),
     JAX_COMPILATION_CACHE_DIR=str(cache_dir),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
   )
@@ -65,7 +60,7 @@ def test_two_processes_match_one_and_checkpoint_consistently(tmp_path, tmp_path_
   workdir = tmp_path / "two"
   codes = local_multihost.launch(
     os.path.join(ROOT, CONFIG), str(workdir), processes=2, devices_per_process=4,
-    overrides=OVERRIDES, xla_flags=FAST, timeout=300,
+    overrides=OVERRIDES, xla_flags=support.FAST_XLA_FLAGS, timeout=300,
   )  # fmt: skip
   logs = [(workdir / "logs" / f"process_{i}.log").read_text() for i in range(2)]
   assert codes == [0, 0], logs[0][-2000:] + logs[1][-2000:]
@@ -79,7 +74,7 @@ def test_two_processes_match_one_and_checkpoint_consistently(tmp_path, tmp_path_
   # One 8-device process resumes the two-process checkpoint of step 4 and continues like them.
   one = tmp_path / "one"
   shutil.copytree(workdir / "checkpoints" / "4", one / "checkpoints" / "4")
-  cache = training_resume_test.session_cache_dir(tmp_path_factory)
+  cache = support.session_cache_dir(tmp_path_factory)
   resumed = _single_process(tmp_path, one, "one", cache)
   assert resumed["start"] == 4
   np.testing.assert_allclose(resumed["losses"], two[4:], rtol=1e-4)

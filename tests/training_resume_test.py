@@ -13,13 +13,7 @@ import numpy as np
 import pytest
 
 from holocine_jax import train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 8 devices as in conftest, and cheaper CPU codegen (compile time dominates these runs).
-FAST_XLA_FLAGS = (
-  "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-  "--xla_llvm_disable_expensive_passes=true"
-)
+from tests import support
 
 DRIVER = textwrap.dedent(
   """
@@ -62,23 +56,16 @@ DRIVER = textwrap.dedent(
 )
 
 
-def session_cache_dir(tmp_path_factory):
-  """A compilation cache shared by every xdist worker of this pytest session."""
-  path = tmp_path_factory.getbasetemp().parent / "holocine_training_jax_cache"
-  path.mkdir(exist_ok=True)
-  return path
-
-
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-  return session_cache_dir(tmp_path_factory)
+  return support.session_cache_dir(tmp_path_factory)
 
 
 def _run(tmp_path, cache_dir, workdir, name, kill_at=0, sig="SIGKILL"):
   env = dict(
     os.environ,
-    PYTHONPATH=ROOT,
-    XLA_FLAGS=FAST_XLA_FLAGS,
+    PYTHONPATH=support.ROOT,
+    XLA_FLAGS=support.xla_flags(8),  # 8 devices as in conftest
     JAX_COMPILATION_CACHE_DIR=str(cache_dir),
     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
   )

@@ -17,6 +17,7 @@ from holocine_jax import sharding
 from holocine_jax.model import umt5
 from holocine_jax.weights import formats, keymap
 from holocine_jax.weights import transformers_umt5 as tu
+from tests import support
 
 TINY = dict(vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)
 
@@ -104,34 +105,11 @@ def test_parity_with_transformers_fp32(scan, pad):
     assert not got[1, 97:].any() and np.abs(got[1, :97]).min() > 0
 
 
-# transformers umT5 -> Wan's own T5 names (`ffn.gate.0` = GELU branch, `ffn.fc1` = linear one).
-WAN_T5_NAMES = {
-  "layer.0.layer_norm": "norm1", "layer.0.SelfAttention.q": "attn.q",
-  "layer.0.SelfAttention.k": "attn.k", "layer.0.SelfAttention.v": "attn.v",
-  "layer.0.SelfAttention.o": "attn.o", "layer.1.layer_norm": "norm2",
-  "layer.0.SelfAttention.relative_attention_bias": "pos_embedding.embedding",
-  "layer.1.DenseReluDense.wi_0": "ffn.gate.0", "layer.1.DenseReluDense.wi_1": "ffn.fc1",
-  "layer.1.DenseReluDense.wo": "ffn.fc2",
-}  # fmt: skip
-
-
-def to_wan_names(hf_state: dict, num_layers: int) -> dict:
-  """A transformers UMT5EncoderModel state dict under Wan's names (models_t5_umt5-xxl-enc)."""
-  out = {
-    "token_embedding.weight": hf_state["shared.weight"],
-    "norm.weight": hf_state["encoder.final_layer_norm.weight"],
-  }
-  for i in range(num_layers):
-    for hf_name, wan_name in WAN_T5_NAMES.items():
-      out[f"blocks.{i}.{wan_name}.weight"] = hf_state[f"encoder.block.{i}.{hf_name}.weight"]
-  return out
-
-
 def test_wan_names_give_the_same_params():
   hf_state = _state(_hf_model())
   target = formats.abstract("umt5", _config())[0]
   a = keymap.convert(hf_state, tu.RULES, target)
-  b = keymap.convert(to_wan_names(hf_state, TINY["num_layers"]), tu.WAN_RULES, target)
+  b = keymap.convert(support.to_wan_names(hf_state, TINY["num_layers"]), tu.WAN_RULES, target)
   jax.tree.map(np.testing.assert_array_equal, a, b)
 
 

@@ -13,39 +13,22 @@ from flax.core import meta
 from holocine_jax import sharding, video
 from holocine_jax.model import vae
 from holocine_jax.weights import diffusers_vae, keymap
+from tests import support
 
 # Tiny config: two temporal and three spatial resamples (all four Resample modes), shortcut
 # convs (8 -> 16 and 8 -> 16 after the halving upsamplers) and the mid attention.
-MEAN = (0.1, -0.2, 0.3, 0.0)
-STD = (1.5, 0.7, 2.0, 1.0)
-CFG = vae.VAEConfig(
-  base_dim=8, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1, latents_mean=MEAN, latents_std=STD
-)
+MEAN, STD = support.MEAN, support.STD
+CFG = vae.VAEConfig(**support.VAE, latents_mean=MEAN, latents_std=STD)
 TOL = 1e-5  # measured max abs error: encode <= 4.2e-7, decode <= 1.9e-6 (outputs in [-1, 1])
 
 # CPU compile dominates these tests: cheaper backend passes cut it ~5x (numerics unchanged).
-_FAST = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-encode = jax.jit(vae.encode, static_argnums=2, compiler_options=_FAST)
-decode = jax.jit(vae.decode, static_argnums=2, compiler_options=_FAST)
+encode = jax.jit(vae.encode, static_argnums=2, compiler_options=support.FAST_COMPILE)
+decode = jax.jit(vae.decode, static_argnums=2, compiler_options=support.FAST_COMPILE)
 
 
 @pytest.fixture(scope="module")
 def torch_vae():
-  torch.manual_seed(0)
-  model = AutoencoderKLWan(
-    base_dim=8,
-    z_dim=4,
-    dim_mult=[1, 2, 2, 2],
-    num_res_blocks=1,
-    temperal_downsample=[False, True, True],
-    latents_mean=list(MEAN),
-    latents_std=list(STD),
-  ).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if name.endswith("gamma"):  # ones at init: randomise so the key map is really tested
-        p.copy_(1 + 0.2 * torch.randn_like(p))
-  return model
+  return support.vae_model()  # norm gammas random, so the key map is really tested
 
 
 @pytest.fixture(scope="module")
