@@ -27,13 +27,20 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+# Config args every model config takes: LoRA rank (0: full fine-tune) and the frozen base's
+# storage (bf16, or QLoRA's int8 / nf4); alpha defaults to the rank.
+LORA_ARGS = dict(lora=0, lora_base="bf16")
+
+
 def holocine_switches(a: ml_collections.ConfigDict) -> dict:
-  """The model fields every config takes from its args: HoloCine attention and remat."""
+  """The model fields every config takes from its args: HoloCine attention, remat and LoRA."""
   return dict(
     self_attention=a.attention,
     attention_impl=a.impl,
     window_cross_attention=a.window,
     remat_policy=a.remat,
+    lora_rank=a.lora,
+    lora_base=a.lora_base,
   )
 
 
@@ -76,6 +83,12 @@ def train(**overrides) -> ml_collections.ConfigDict:
     clip_norm=1.0,
     timestep_shift=5.0,  # training sigmas s' = shift s / (1 + (shift - 1) s)
     expert="all",  # "high": t >= boundary*1000, "low": below, "all": one model for every t
+    # Start from these weights instead of a random init: a converted folder or a training
+    # workdir ("WORKDIR@STEP" for one of its steps); "": random init (training/init_from.py).
+    init_from="",
+    # The stored expert to start from: "" = train.expert's (needed with expert=all when the
+    # folder holds both), "high" or "low".
+    init_expert="",
     boundary=0.875,  # Wan2.2 expert switch
     log_every=10,
     checkpoint_every=500,

@@ -2,6 +2,7 @@
 
 python -m pytest tests            # uses get_config("")
 get_config("attention=sparse")    # HoloCine sparse inter-shot self-attention
+get_config("lora=4,lora_base=nf4")   # LoRA rank 4 on a frozen nf4 base (QLoRA)
 python -m holocine_jax.train --config configs/tiny.py --workdir /tmp/tiny   # synthetic data, CPU
 python -m holocine_jax.train --config configs/tiny.py:attention=sparse,steps=400 --workdir /tmp/t2
 python -m holocine_jax.train --config configs/tiny.py:size=wide,steps=4000 --workdir /tmp/toy
@@ -38,6 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     samples=2048,
     ckpt_every=100,
     size="tiny",
+    **common.LORA_ARGS,
   )
   if a.size not in SIZES:
     raise ValueError(f"size={a.size!r} is not one of {sorted(SIZES)}")

@@ -4,6 +4,9 @@
   get_config("attention=sparse")    # HoloCine sparse inter-shot self-attention
   get_config("window=false")        # plain Wan2.2 cross-attention
   get_config("expert=low,data_dir=gs://bucket/holocine_shots")   # train the low-noise expert
+  get_config("lora=64")             # LoRA rank 64 on a frozen bf16 base (adapters fp32)
+  get_config("lora=64,lora_base=int8")   # QLoRA: the frozen base int8 (or nf4)
+  configs/holocine_a14b.py:attention=sparse,lora=64,lora_base=int8   # the same on HoloCine
 Defaults: bf16 compute, fp32 params, scanned blocks, FSDP over all devices.
 """
 
@@ -28,6 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     steps=10000,
     lr=1e-5,
     data_dir="",
+    **common.LORA_ARGS,
   )
   config = ml_collections.ConfigDict()
   config.model = dict(

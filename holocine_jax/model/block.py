@@ -19,6 +19,19 @@ ACT_BLD = ("act_batch", "act_length", "act_embed")
 ACT_BLHK = ("act_batch", "act_length", "act_heads", "act_kv")
 
 
+def block_linear(c: DiTConfig, path: str) -> dict:
+  """Linear settings of the block module `path` ('self_attn/q', ..., 'ffn_out'): dtypes, LoRA
+  (when a target) and the quantized base (lora_base int8 / nf4)."""
+  return dict(
+    dtype=c.compute_dtype,
+    param_dtype=c.base_dtype,
+    lora_rank=c.lora_rank if path in c.lora_targets else 0,
+    lora_scale=c.lora_scale,
+    adapter_dtype=c.params_dtype,
+    quant="" if c.lora_base == "bf16" else c.lora_base,
+  )
+
+
 class Attention(nn.Module):
   """Multi-head attention with Wan's qk RMSNorm over all heads; self (with RoPE) or cross."""
 
@@ -29,9 +42,11 @@ class Attention(nn.Module):
   def __call__(self, x_BxLxD, kv_BxMxD, rope, shots: ShotBatch | None):
     c = self.config
     h, k = c.num_heads, c.head_dim
-    dense = dict(dtype=c.compute_dtype, param_dtype=c.params_dtype)
-    proj = lambda name: Linear((h, k), ("embed",), ("heads", "kv"), name=name, **dense)
-    norm = lambda name: RMSNorm(c.eps, ("heads", "kv"), name=name, **dense)
+    linear = lambda name: block_linear(c, f"{self.kind}_attn/{name}")
+    proj = lambda name: Linear((h, k), ("embed",), ("heads", "kv"), name=name, **linear(name))
+    norm = lambda name: RMSNorm(
+      c.eps, ("heads", "kv"), name=name, dtype=c.compute_dtype, param_dtype=c.base_dtype
+    )
     q_BxLxHxK = norm("norm_q")(proj("q")(x_BxLxD))
     k_BxMxHxK = norm("norm_k")(proj("k")(kv_BxMxD))
     v_BxMxHxK = proj("v")(kv_BxMxD)
@@ -58,7 +73,7 @@ class Attention(nn.Module):
         q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, shots=windows, query_chunk=c.query_chunk
       )
     out_BxLxHxK = constrain(out_BxLxHxK, ACT_BLHK)
-    return Linear((c.dim,), ("heads", "kv"), ("embed",), name="o", **dense)(out_BxLxHxK)
+    return Linear((c.dim,), ("heads", "kv"), ("embed",), name="o", **linear("o"))(out_BxLxHxK)
 
 
 class DiTBlock(nn.Module):
@@ -70,7 +85,7 @@ class DiTBlock(nn.Module):
   def __call__(self, x_BxLxD, context_BxTxD, temb_Bx6xD, rope, shots: ShotBatch | None):
     c = self.config
     dt = c.compute_dtype
-    table_6xD = modulation_table(self, "modulation", 6, c.dim, c.params_dtype)
+    table_6xD = modulation_table(self, "modulation", 6, c.dim, c.base_dtype)
     mod_Bx6xD = table_6xD[None].astype(jnp.float32) + temb_Bx6xD.astype(jnp.float32)
     shift, scale, gate, c_shift, c_scale, c_gate = jnp.split(mod_Bx6xD, 6, axis=1)
 
@@ -79,7 +94,7 @@ class DiTBlock(nn.Module):
     x_BxLxD = (x_BxLxD.astype(jnp.float32) + attn_BxLxD.astype(jnp.float32) * gate).astype(dt)
     x_BxLxD = constrain(x_BxLxD, ACT_BLD)
 
-    h_BxLxD = LayerNorm(c.eps, affine=True, param_dtype=c.params_dtype, name="norm_cross")(
+    h_BxLxD = LayerNorm(c.eps, affine=True, param_dtype=c.base_dtype, name="norm_cross")(
       x_BxLxD
     ).astype(dt)
     x_BxLxD = x_BxLxD + Attention(c, "cross", name="cross_attn")(
@@ -88,9 +103,9 @@ class DiTBlock(nn.Module):
     x_BxLxD = constrain(x_BxLxD, ACT_BLD)
 
     h_BxLxD = (LayerNorm(c.eps, name="norm_ffn")(x_BxLxD) * (1 + c_scale) + c_shift).astype(dt)
-    dense = dict(dtype=dt, param_dtype=c.params_dtype)
-    h_BxLxF = Linear((c.ffn_dim,), ("embed",), ("mlp",), name="ffn_in", **dense)(h_BxLxD)
+    ffn_in, ffn_out = block_linear(c, "ffn_in"), block_linear(c, "ffn_out")
+    h_BxLxF = Linear((c.ffn_dim,), ("embed",), ("mlp",), name="ffn_in", **ffn_in)(h_BxLxD)
     h_BxLxF = constrain(nn.gelu(h_BxLxF, approximate=True), ("act_batch", "act_length", "act_mlp"))
-    ff_BxLxD = Linear((c.dim,), ("mlp",), ("embed",), name="ffn_out", **dense)(h_BxLxF)
+    ff_BxLxD = Linear((c.dim,), ("mlp",), ("embed",), name="ffn_out", **ffn_out)(h_BxLxF)
     x_BxLxD = (x_BxLxD.astype(jnp.float32) + ff_BxLxD.astype(jnp.float32) * c_gate).astype(dt)
     return constrain(x_BxLxD, ACT_BLD), None

@@ -5,6 +5,22 @@ import dataclasses
 import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# The Linears of a DiT block (module paths inside a block) -> how many trailing input dims they
+# contract (o contracts heads and head dim). Every one of them is a LoRA target by default (the
+# Wan LoRA convention) and is stored quantized under lora_base int8 / nf4.
+BLOCK_LINEARS = {
+  "self_attn/q": 1,
+  "self_attn/k": 1,
+  "self_attn/v": 1,
+  "self_attn/o": 2,
+  "cross_attn/q": 1,
+  "cross_attn/k": 1,
+  "cross_attn/v": 1,
+  "cross_attn/o": 2,
+  "ffn_in": 1,
+  "ffn_out": 1,
+}
+LORA_BASES = ("bf16", "int8", "nf4")
 
 
 class ModelConfig:
@@ -63,9 +79,17 @@ class DiTConfig(ModelConfig):
   dtype: str = "bfloat16"
   scan_layers: bool = True
   remat_policy: str = "none"
+  # LoRA: rank 0 = none; the update (x A) B is scaled by alpha / rank (alpha 0: alpha = rank).
+  # With rank > 0 the frozen base is declared bfloat16 (lora_base int8 / nf4: every block Linear
+  # kernel quantized, QLoRA) and the adapters param_dtype.
+  lora_rank: int = 0
+  lora_alpha: float = 0.0
+  lora_targets: tuple[str, ...] = tuple(BLOCK_LINEARS)
+  lora_base: str = "bf16"
 
   def __post_init__(self):
     object.__setattr__(self, "patch_size", tuple(self.patch_size))
+    object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
     if self.dim % self.num_heads:
       raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
     if self.head_dim % 2 or self.head_dim < 6:
@@ -76,8 +100,34 @@ class DiTConfig(ModelConfig):
       raise ValueError(f"unknown attention_impl {self.attention_impl!r}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+    self._check_lora()
     self._check_dtypes()
+
+  def _check_lora(self):
+    if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+      raise ValueError(f"lora_rank must be an integer >= 0, got {self.lora_rank!r}")
+    if self.lora_alpha < 0:
+      raise ValueError(f"lora_alpha must be >= 0 (0: alpha = rank), got {self.lora_alpha}")
+    unknown = [t for t in self.lora_targets if t not in BLOCK_LINEARS]
+    if unknown:
+      raise ValueError(f"unknown lora_targets {unknown}; known: {list(BLOCK_LINEARS)}")
+    if self.lora_base not in LORA_BASES:
+      raise ValueError(f"lora_base must be one of {LORA_BASES}, got {self.lora_base!r}")
+    if self.lora_base != "bf16" and not self.lora_rank:
+      raise ValueError(
+        f"lora_base={self.lora_base!r} quantizes a LoRA's frozen base: set lora_rank"
+      )
 
   @property
   def head_dim(self) -> int:
     return self.dim // self.num_heads
+
+  @property
+  def lora_scale(self) -> float:
+    """alpha / rank, the factor on the LoRA update."""
+    return (self.lora_alpha or self.lora_rank) / self.lora_rank if self.lora_rank else 0.0
+
+  @property
+  def base_dtype(self):
+    """Dtype of the non-adapter params: bfloat16 under LoRA (a frozen base), else param_dtype."""
+    return jnp.dtype(jnp.bfloat16) if self.lora_rank else self.params_dtype

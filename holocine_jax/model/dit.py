@@ -67,8 +67,8 @@ class WanDiT(nn.Module):
     c = self.config
     dt = c.compute_dtype
     _check_inputs(c, latents_BxFxHxWxC, timestep_B, context_BxTxE, shots)
-    dense = dict(dtype=dt, param_dtype=c.params_dtype)
-    f32 = dict(dtype=jnp.float32, param_dtype=c.params_dtype)
+    dense = dict(dtype=dt, param_dtype=c.base_dtype)
+    f32 = dict(dtype=jnp.float32, param_dtype=c.base_dtype)
     _, f, h, w, _ = latents_BxFxHxWxC.shape
     pt, ph, pw = c.patch_size
     grid = (f // pt, h // ph, w // pw)
@@ -97,7 +97,7 @@ class WanDiT(nn.Module):
     rope = rope_tables(grid, c.head_dim, c.rope_theta, c.rope_max_positions)
     x_BxLxD = self._blocks()(x_BxLxD, ctx_BxTxD, temb_Bx6xD, rope, shots)[0]
 
-    table_2xD = modulation_table(self, "head_modulation", 2, c.dim, c.params_dtype)
+    table_2xD = modulation_table(self, "head_modulation", 2, c.dim, c.base_dtype)
     mod_Bx2xD = table_2xD[None].astype(jnp.float32) + temb_BxD[:, None]
     shift_Bx1xD, scale_Bx1xD = jnp.split(mod_Bx2xD, 2, axis=1)
     x_BxLxD = LayerNorm(c.eps, name="norm_out")(x_BxLxD) * (1 + scale_Bx1xD) + shift_Bx1xD

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from holocine_jax.model import quant
+
 Axes = tuple[str | None, ...]
 
 
@@ -22,7 +24,11 @@ def constrain(x, axes: Axes):
 
 
 class Linear(nn.Module):
-  """y = x . W (+ b) contracting the last `len(in_axes)` dims of x into `features`."""
+  """y = x . W (+ b) contracting the last `len(in_axes)` dims of x into `features`.
+
+  `lora_rank` > 0 adds LoRA: y += lora_scale * (x . A) . B with `lora_a` [*in, r] and `lora_b`
+  [r, *out] (zeros at init) in `adapter_dtype`. `quant` ("int8" | "nf4") stores W quantized as
+  `kernel` codes + `kernel_scale` (model/quant.py), dequantized to the compute dtype here."""
 
   features: Sequence[int]
   in_axes: Axes
@@ -31,24 +37,19 @@ class Linear(nn.Module):
   param_dtype: jnp.dtype = jnp.float32
   use_bias: bool = True
   kernel_init: Callable | None = None  # default: lecun normal over the contracted dims
+  lora_rank: int = 0
+  lora_scale: float = 1.0
+  adapter_dtype: jnp.dtype = jnp.float32
+  quant: str = ""  # "" (plain kernel) | "int8" | "nf4"
 
   @nn.compact
   def __call__(self, x):
     n_in = len(self.in_axes)
-    init = self.kernel_init or nn.initializers.lecun_normal(
-      in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + len(self.features)))
-    )
-    kernel = self.param(
-      "kernel",
-      param_init(init, self.in_axes + self.out_axes),
-      (*x.shape[-n_in:], *self.features),
-      self.param_dtype,
-    )
-    y = jax.lax.dot_general(
-      x.astype(self.dtype),
-      kernel.astype(self.dtype),
-      ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())),
-    )
+    in_dims = tuple(range(x.ndim - n_in, x.ndim))
+    kernel = self._kernel((*x.shape[-n_in:], *self.features))
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel, ((in_dims, tuple(range(n_in))), ((), ())))
+    if self.lora_rank:
+      y = y + self._lora(x, in_dims)
     if not self.use_bias:
       return y
     bias = self.param(
@@ -58,6 +59,56 @@ class Linear(nn.Module):
       self.param_dtype,
     )
     return y + bias.astype(self.dtype)
+
+  def _kernel(self, shape):
+    """The kernel [*in, *out] in the compute dtype (dequantized when stored quantized)."""
+    n_in = len(self.in_axes)
+    init = self.kernel_init or nn.initializers.lecun_normal(
+      in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, len(shape)))
+    )
+    axes = self.in_axes + self.out_axes
+    if not self.quant:
+      return self.param("kernel", param_init(init, axes), shape, self.param_dtype).astype(
+        self.dtype
+      )
+    # Init draws one float kernel and stores its quantization (codes and scale agree).
+    drawn = None
+    if self.is_initializing():
+      drawn = quant.quantize(init(self.make_rng("params"), shape, jnp.float32), self.quant, n_in)
+    codes = self.param(
+      "kernel", param_init(lambda *_: drawn[0], axes), shape, quant.code_dtype(self.quant)
+    )
+    scale = self.param(
+      "kernel_scale",
+      param_init(lambda *_: drawn[1], quant.scale_axes(self.quant, self.in_axes, self.out_axes)),
+      quant.scale_shape(self.quant, shape, n_in),
+      jnp.float32,
+    )
+    return quant.dequantize(codes, scale, self.quant, n_in, self.dtype)
+
+  def _lora(self, x, in_dims):
+    """lora_scale * (x . A) . B: A [*in, r] (peft's kaiming-uniform init), B [r, *out] (zeros)."""
+    n_in, r = len(in_dims), self.lora_rank
+    a_init = nn.initializers.variance_scaling(
+      1 / 3, "fan_in", "uniform", in_axis=tuple(range(n_in)), out_axis=n_in
+    )
+    lora_a = self.param(
+      "lora_a",
+      param_init(a_init, self.in_axes + ("lora_rank",)),
+      (*x.shape[-n_in:], r),
+      self.adapter_dtype,
+    )
+    lora_b = self.param(
+      "lora_b",
+      param_init(nn.initializers.zeros, ("lora_rank",) + self.out_axes),
+      (r, *self.features),
+      self.adapter_dtype,
+    )
+    xa = jax.lax.dot_general(
+      x.astype(self.dtype), lora_a.astype(self.dtype), ((in_dims, tuple(range(n_in))), ((), ()))
+    )
+    xa = xa * jnp.asarray(self.lora_scale, self.dtype)
+    return jax.lax.dot_general(xa, lora_b.astype(self.dtype), (((xa.ndim - 1,), (0,)), ((), ())))
 
 
 class LayerNorm(nn.Module):
