@@ -24,6 +24,7 @@ DEFAULT_LOGICAL_RULES = (
   ("embed_out", "tensor"),
   ("heads", "tensor"),
   ("kv", None),
+  ("lora_rank", None),
   ("mlp", "tensor"),
   ("patch", None),
   ("freq", None),
