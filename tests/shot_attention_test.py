@@ -2,6 +2,8 @@
 Mosaic-style kernel) and XLA packed path vs the dense reference, outputs and gradients, over a
 grid of layouts; no recompilation on new cuts; sharded kernel under shard_map."""
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +13,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from holocine_jax import attention, layout, sharding
-from holocine_jax.attention import chunked, packed, reference, shot_kernel
+from holocine_jax.attention import (
+  chunked,
+  packed,
+  reference,
+  shot_kernel,
+  shot_kernel_gpu,
+  shot_kernel_tpu,
+)
 from holocine_jax.layout import ShotLayout
 
 PER_FRAME = 5  # with 8-token blocks, most shot boundaries fall inside a block
@@ -125,6 +134,23 @@ def test_block_tables_skip_blocks():
   visited, dense = shot_kernel.visited_blocks(shots, shot_kernel.BlockSizes(32, 32))
   assert dense == 8 * 8
   assert visited == 8 * (1 + 2)
+
+
+def test_visited_blocks_count_the_blocks_that_run():
+  # 8 shots of 64 tokens, 256-token blocks: 2 q blocks x (1 token + 1 tail block). A compiled GPU
+  # kernel caps blocks at 128: 4 q blocks x (1 + 1) of a dense 4 x 4.
+  shots = layout.make_batch([ShotLayout(tuple(range(0, 33, 4)), 16)], max_shot_frames=4)
+  blocks = shot_kernel.BlockSizes(256, 256)
+  assert shot_kernel.visited_blocks(shots, blocks, backend="tpu") == (4, 4)
+  assert shot_kernel.visited_blocks(shots, blocks, interpret=True, backend="gpu") == (4, 4)
+  assert shot_kernel.visited_blocks(shots, blocks, interpret=False, backend="gpu") == (8, 16)
+
+
+@pytest.mark.parametrize("backend", [shot_kernel_tpu, shot_kernel_gpu])
+def test_backends_provide_the_kernel_interface(backend):
+  for method in ("forward", "dq", "dkv"):
+    want = list(inspect.signature(getattr(shot_kernel.Backend, method)).parameters)[1:]
+    assert list(inspect.signature(getattr(backend, method)).parameters) == want, method
 
 
 def test_bad_inputs():

@@ -12,7 +12,6 @@ from flax.core import meta
 
 from configs import tiny
 from holocine_jax import layout
-from holocine_jax.attention import shot_math
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT, init_fn
 from holocine_jax.training import loop, pipeline, records, synthetic
@@ -207,10 +206,6 @@ def test_bucket_errors():
   with pytest.raises(ValueError, match="latent frame counts >= 1"):
     pipeline.bucket_keys(shapes, (0, 9))
   assert pipeline.bucket_keys(shapes, (9, 4, 7)) == shapes  # lengths equal to buckets: no padding
-
-
-def test_pad_shot_id_is_the_kernels_invalid_id():
-  assert layout.PAD_SHOT_ID == shot_math.INVALID_ID
 
 
 def test_training_loop_compiles_once_per_bucket(monkeypatch, tmp_path):

@@ -8,6 +8,7 @@ dim.
 
 import jax.numpy as jnp
 
+from holocine_jax.attention import reference
 from holocine_jax.layout import ShotBatch
 
 
@@ -25,13 +26,11 @@ def packed_shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots: ShotBatch):
       b, n, s, h, k
     )
 
-  def summaries(x_BxLxHxK):
-    return jnp.take_along_axis(x_BxLxHxK, shots.summary_idx_BxG[:, :, None, None], axis=1)
-
   f32 = lambda x: x.astype(jnp.float32)
   q_BxNxSxHxK = f32(pack(q_BxLxHxK)) * k**-0.5
   k_own, v_own = f32(pack(k_BxLxHxK)), f32(pack(v_BxLxHxK))
-  k_sum_BxGxHxK, v_sum_BxGxHxK = f32(summaries(k_BxLxHxK)), f32(summaries(v_BxLxHxK))
+  k_sum_BxGxHxK = f32(reference.summaries(k_BxLxHxK, shots))
+  v_sum_BxGxHxK = f32(reference.summaries(v_BxLxHxK, shots))
   own_BxNxHxSxS = jnp.einsum("bnshk,bnthk->bnhst", q_BxNxSxHxK, k_own)
   own_BxNxHxSxS = jnp.where(valid_BxNxS[:, :, None, None, :], own_BxNxHxSxS, -jnp.inf)
   sum_BxNxHxSxG = jnp.einsum("bnshk,bghk->bnhsg", q_BxNxSxHxK, k_sum_BxGxHxK)

@@ -27,10 +27,14 @@ def attention(q_BxLxHxK, k_BxMxHxK, v_BxMxHxK, *, allow_BxLxM=None, bias_BxLxM=N
   return out_BxLxHxK.astype(q_BxLxHxK.dtype)
 
 
+def summaries(x_BxLxHxK, shots: ShotBatch):
+  """[B, G, H, K]: every shot's summary tokens (the tail of sparse attention's KV)."""
+  return jnp.take_along_axis(x_BxLxHxK, shots.summary_idx_BxG[:, :, None, None], axis=1)
+
+
 def summary_tail(x_BxLxHxK, shots: ShotBatch):
   """[B, L+G, H, K]: the tokens followed by every shot's summary tokens (the KV of sparse)."""
-  tail_BxGxHxK = jnp.take_along_axis(x_BxLxHxK, shots.summary_idx_BxG[:, :, None, None], axis=1)
-  return jnp.concatenate([x_BxLxHxK, tail_BxGxHxK], axis=1)
+  return jnp.concatenate([x_BxLxHxK, summaries(x_BxLxHxK, shots)], axis=1)
 
 
 def sparse_shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots: ShotBatch):

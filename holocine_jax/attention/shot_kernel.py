@@ -10,9 +10,10 @@ bounds from `ShotBatch.max_shot_frames`, so new cuts at the same shapes do not r
 Operands stay token-major [B, L, H, K] (each kernel reads a head's [block, K] tiles in place),
 so no [B, H, L, K] transposes of q, k, v, out or their gradients are ever materialised.
 
-This file holds the layout-to-table logic, the custom_vjp and the checked, jitted entry point;
-`shot_kernel_tpu` (Mosaic grid style; also what CPU interpret mode runs by default) and
-`shot_kernel_gpu` (Triton loop style) hold the pallas_calls; `shot_math` the block math.
+This file holds the layout-to-table logic, the padding rule, the custom_vjp and the checked,
+jitted entry point; `shot_kernel_tpu` (Mosaic grid style; also what CPU interpret mode runs by
+default) and `shot_kernel_gpu` (Triton loop style) hold the pallas_calls, each providing the
+`Backend` protocol's forward / dq / dkv; `shot_math` the block math.
 
 Legend: B batch, H heads, L tokens (Lp padded), G tail slots (Gp padded), K head dim.
 """
@@ -22,11 +23,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 
-from holocine_jax.attention import shot_kernel_gpu, shot_kernel_tpu, target
+from holocine_jax.attention import reference, shot_kernel_gpu, shot_kernel_tpu, target
 from holocine_jax.attention import shot_math as sm
 from holocine_jax.layout import ShotBatch
 
@@ -68,7 +70,31 @@ def _span_bound(block: int, cap: int, other_block: int, num_other: int) -> int:
   return min(num_other, _cdiv(block + 2 * (cap - 1), other_block) + 1)
 
 
-_BACKENDS = {"tpu": shot_kernel_tpu, "gpu": shot_kernel_gpu}
+class Backend(Protocol):
+  """The pallas_calls of one kernel style (the modules `shot_kernel_tpu`, `shot_kernel_gpu`).
+
+  q-side operands are [B, Lp, H, K] (Lp tokens padded to whole blocks); k, v are [B, Lk, H, K]
+  with Lk = Lp + the padded tail (forward, dq) or one kind of kv block only (dkv). `lo`, `cnt`
+  [B, blocks] are the block tables (`_ranges`); `st` holds the static block sizes and bounds.
+  """
+
+  def forward(self, q, k, v, ids, lo, cnt, st: sm.Static) -> tuple[jax.Array, jax.Array]:
+    """(out [B, Lp, H, K], lse [B, H, Lp]); `ids` [B, Lk] are the kv shot ids (q ids lead)."""
+    ...
+
+  def dq(self, q, k, v, do, o, lse, ids, lo, cnt, st: sm.Static) -> tuple[jax.Array, jax.Array]:
+    """(dq [B, Lp, H, K], delta [B, H, Lp]): delta = rowsum(dO * O) is made here for `dkv`."""
+    ...
+
+  def dkv(
+    self, q, k, v, do, lse, delta, qids, kvids, q_lo, q_cnt, st: sm.Static
+  ) -> tuple[jax.Array, jax.Array]:
+    """(dk, dv) for the kv blocks of `k` / `v` (shot ids `kvids` [B, Lk]), each visiting q blocks
+    [q_lo, q_lo + q_cnt) (q shot ids `qids` [B, Lp]), at most `st.q_steps` of them."""
+    ...
+
+
+_BACKENDS: dict[str, Backend] = {"tpu": shot_kernel_tpu, "gpu": shot_kernel_gpu}
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8,))
@@ -88,14 +114,13 @@ def _flash_bwd(st, res, do):
   dq, delta = kernels.dq(q, k, v, do, o, lse, ids, lo, cnt, st)
   nq = lp // st.block_q
   qids = ids[:, :lp]
-  dk_tok, dv_tok = kernels.dkv(
-    q, k[:, :lp], v[:, :lp], do, lse, delta, qids, qids, q_lo, q_cnt, st.q_steps, st
-  )
+  dk_tok, dv_tok = kernels.dkv(q, k[:, :lp], v[:, :lp], do, lse, delta, qids, qids, q_lo, q_cnt, st)
   if not st.num_tail_blocks:
     return dq, dk_tok, dv_tok, None, None, None, None, None
   tail = jnp.zeros((b, st.num_tail_blocks), jnp.int32)
+  every_q = dataclasses.replace(st, q_steps=nq)  # every q block sees every summary
   dk_tail, dv_tail = kernels.dkv(
-    q, k[:, lp:], v[:, lp:], do, lse, delta, qids, ids[:, lp:], tail, tail + nq, nq, st
+    q, k[:, lp:], v[:, lp:], do, lse, delta, qids, ids[:, lp:], tail, tail + nq, every_q
   )
   dk = jnp.concatenate([dk_tok, dk_tail], axis=1)
   dv = jnp.concatenate([dv_tok, dv_tail], axis=1)
@@ -139,16 +164,28 @@ def shot_attention(
   (Mosaic grid; blocks must be multiples of 128) or "gpu" (Triton loops; blocks are capped at
   128); `interpret` runs Pallas interpret mode. Both default from the platform compiled for
   (`target.platform()`: the mesh in context, else the host)."""
-  where = target.platform()
   return _shot_attention(
-    q_BxLxHxK,
-    k_BxLxHxK,
-    v_BxLxHxK,
-    shots,
-    block_sizes,
+    q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, *_style(interpret, backend)
+  )
+
+
+def _style(interpret: bool | None, backend: str | None) -> tuple[bool, str]:
+  """(interpret, backend), each defaulting from the platform compiled for."""
+  where = target.platform()
+  return (
     where == "cpu" if interpret is None else interpret,
     ("gpu" if where == "gpu" else "tpu") if backend is None else backend,
   )
+
+
+def _padding(num_l: int, g: int, block_sizes: BlockSizes, interpret: bool, backend: str):
+  """(block_q, block_kv, Lp, Gp): the block sizes that run (capped for compiled GPU kernels)
+  and the token / tail lengths padded to whole blocks."""
+  bq, bk = block_sizes.block_q, block_sizes.block_kv
+  if backend == "gpu" and not interpret:
+    bq, bk = min(bq, shot_kernel_gpu.MAX_BLOCK), min(bk, shot_kernel_gpu.MAX_BLOCK)
+  lp = _cdiv(num_l, math.lcm(bq, bk)) * math.lcm(bq, bk)
+  return bq, bk, lp, _cdiv(g, bk) * bk
 
 
 @functools.partial(jax.jit, static_argnums=(4, 5, 6))
@@ -156,12 +193,8 @@ def _shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, interpr
   """`shot_attention` with every static choice made (so each lands in the jit cache key)."""
   _check(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, interpret, backend)
   b, num_l, _, d = q_BxLxHxK.shape
-  bq, bk = block_sizes.block_q, block_sizes.block_kv
-  if backend == "gpu" and not interpret:
-    bq, bk = min(bq, shot_kernel_gpu.MAX_BLOCK), min(bk, shot_kernel_gpu.MAX_BLOCK)
-  lp = _cdiv(num_l, math.lcm(bq, bk)) * math.lcm(bq, bk)
   g = shots.summary_idx_BxG.shape[1]
-  gp = _cdiv(g, bk) * bk
+  bq, bk, lp, gp = _padding(num_l, g, block_sizes, interpret, backend)
   cap = shots.max_shot_tokens
   st = sm.Static(
     block_q=bq,
@@ -183,7 +216,7 @@ def _shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, interpr
     return jnp.pad(x_BxLxHxK, ((0, 0), (0, pad_l), (0, 0), (0, dp - d)))
 
   def with_tail(x_BxLxHxK):
-    tail_BxGxHxK = jnp.take_along_axis(x_BxLxHxK, shots.summary_idx_BxG[:, :, None, None], 1)
+    tail_BxGxHxK = reference.summaries(x_BxLxHxK, shots)
     return jnp.concatenate([padded(x_BxLxHxK, lp), padded(tail_BxGxHxK, gp)], axis=1)
 
   shot_BxL = shots.shot_id_BxL.astype(jnp.int32)
@@ -212,12 +245,17 @@ def _shot_attention(q_BxLxHxK, k_BxLxHxK, v_BxLxHxK, shots, block_sizes, interpr
   return out_BxLpxHxK[:, :num_l, :, :d]
 
 
-def visited_blocks(shots: ShotBatch, block_sizes: BlockSizes = BlockSizes()) -> tuple[int, int]:
-  """(kv blocks the forward kernel computes, kv blocks dense attention would) for benchmarks."""
+def visited_blocks(
+  shots: ShotBatch,
+  block_sizes: BlockSizes = BlockSizes(),
+  interpret: bool | None = None,
+  backend: str | None = None,
+) -> tuple[int, int]:
+  """(kv blocks the forward kernel computes, kv blocks dense attention would) for benchmarks,
+  at the block sizes `shot_attention` runs with the same arguments."""
   b, num_l = shots.shot_id_BxL.shape
-  bq, bk = block_sizes.block_q, block_sizes.block_kv
-  lp = _cdiv(num_l, math.lcm(bq, bk)) * math.lcm(bq, bk)
-  gp = _cdiv(shots.summary_idx_BxG.shape[1], bk) * bk
+  g = shots.summary_idx_BxG.shape[1]
+  bq, bk, lp, gp = _padding(num_l, g, block_sizes, *_style(interpret, backend))
   _, cnt = _ranges(
     shots.shot_id_BxL,
     shots.shot_bounds_BxNx2[..., 0],

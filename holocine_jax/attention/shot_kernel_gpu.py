@@ -210,10 +210,9 @@ def dq(q, k, v, do, o, lse, ids, lo, cnt, st: sm.Static):
   return dq, delta[..., 0]
 
 
-def dkv(q, k, v, do, lse, delta, qids, kvids, q_lo, q_cnt, steps: int, st: sm.Static):
+def dkv(q, k, v, do, lse, delta, qids, kvids, q_lo, q_cnt, st: sm.Static):
   """dk, dv for the kv blocks of `k` / `v` (shot ids `kvids` [B, Lk]), each looping over q blocks
-  [q_lo, q_lo + q_cnt) (q shot ids `qids` [B, Lp])."""
-  del steps  # loops run exactly the table range
+  [q_lo, q_lo + q_cnt) (q shot ids `qids` [B, Lp]); loops run exactly that range."""
   b, lp, h, d = q.shape
   nk = k.shape[1] // st.block_kv
   return _call(

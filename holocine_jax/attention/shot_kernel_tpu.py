@@ -137,7 +137,6 @@ def _dkv_kernel(
   dv_scr,
   *,
   st: sm.Static,
-  steps: int,
 ):
   b, j, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
 
@@ -163,7 +162,7 @@ def _dkv_kernel(
       dk_scr[...], dv_scr[...], p, ds, q_ref[...], do_ref[...], st.scale
     )
 
-  @pl.when(t == steps - 1)
+  @pl.when(t == st.q_steps - 1)
   def _finish():
     dk_ref[...] = dk_scr[...].astype(dk_ref.dtype)
     dv_ref[...] = dv_scr[...].astype(dv_ref.dtype)
@@ -282,14 +281,14 @@ def dq(q, k, v, do, o, lse, ids, lo, cnt, st: sm.Static):
   return _like(dq_flat, q), delta[..., 0, :]
 
 
-def dkv(q, k, v, do, lse, delta, qids, kvids, q_lo, q_cnt, steps: int, st: sm.Static):
+def dkv(q, k, v, do, lse, delta, qids, kvids, q_lo, q_cnt, st: sm.Static):
   """dk, dv for the kv blocks of `k` / `v` (shot ids `kvids` [B, Lk]), each visiting q blocks
-  [q_lo, q_lo + q_cnt) (q shot ids `qids` [B, Lp])."""
+  [q_lo, q_lo + q_cnt) (q shot ids `qids` [B, Lp]) in `st.q_steps` grid steps."""
   b, lk, h, d = k.shape
   sp = _kv_major_specs(st, d)
   dk, dv = _call(
-    functools.partial(_dkv_kernel, st=st, steps=steps),
-    (b, h, lk // st.block_kv, steps),
+    functools.partial(_dkv_kernel, st=st),
+    (b, h, lk // st.block_kv, st.q_steps),
     [sp["q"], sp["kv"], sp["kv"], sp["q"], sp["row"], sp["row"], sp["qid"], sp["kvid"]],
     [sp["kv"], sp["kv"]],
     [pltpu.VMEM((st.block_kv, d), jnp.float32)] * 2,

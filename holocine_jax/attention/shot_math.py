@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from holocine_jax.layout import PAD_SHOT_ID
+
 SUMMARY_ID = -1  # tail slot every query may see
-INVALID_ID = -2  # padding: a tail slot of a missing shot, or a token past L
+INVALID_ID = PAD_SHOT_ID  # padding: a tail slot of a missing shot, or a token past a layout
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 _CONTRACT_LAST = (((1,), (1,)), ((), ()))
@@ -107,7 +109,7 @@ class Static:
   block_q: int
   block_kv: int
   kv_steps: int  # static bound on token kv blocks one q block visits
-  q_steps: int  # static bound on q blocks one token kv block is visited by
+  q_steps: int  # static bound on q blocks one kv block is visited by (dkv's grid)
   num_tail_blocks: int
   scale: float
   interpret: bool
