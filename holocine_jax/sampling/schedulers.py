@@ -6,6 +6,8 @@ Flow convention: x_s = (1 - s) x0 + s noise, the model predicts v = noise - x0, 
 
 - `euler`: HoloCine's FlowMatchScheduler (shift 5, sigmas = linspace(1, 0, N+1)[:-1] shifted,
   x <- x + v (s_next - s), s_next = 0 at the end).
+- `euler_at`: the same Euler through given timesteps on the unshifted 1000 grid, shifted alike
+  (lightx2v's `denoising_step_list` for step-distilled Wan, e.g. [1000, 750, 500, 250]).
 - `unipc`: diffusers' UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type=
   "flow_prediction", solver_order=2, bh2, lower_order_final) as Wan2.2 samples (shift 12).
 Legend: N steps.
@@ -62,7 +64,26 @@ class Schedule:
 
 def euler(num_steps: int, shift: float = 5.0) -> Schedule:
   """HoloCine's flow-matching Euler (extra-one-step sigmas, sigma_min 0)."""
-  s = timesteps_lib.shift(np.linspace(1.0, 0.0, num_steps + 1)[:-1], shift)
+  return _euler(np.linspace(1.0, 0.0, num_steps + 1)[:-1], shift)
+
+
+def euler_at(timesteps_N, shift: float = 5.0) -> Schedule:
+  """Euler through the given decreasing timesteps in (0, 1000] before the shift (the first is
+  usually 1000: pure noise), as lightx2v's step-distill scheduler walks its step list."""
+  t = np.asarray(timesteps_N, np.float64)
+  if t.ndim != 1 or not len(t):
+    raise ValueError(f"sampler.timesteps must be a non-empty list, got {timesteps_N!r}")
+  if not ((t > 0) & (t <= NUM_TRAIN_TIMESTEPS)).all() or (np.diff(t) >= 0).any():
+    raise ValueError(
+      f"sampler.timesteps must decrease within (0, {NUM_TRAIN_TIMESTEPS}], got {list(t)}"
+    )
+  return _euler(t / NUM_TRAIN_TIMESTEPS, shift)
+
+
+def _euler(sigmas_N, shift: float) -> Schedule:
+  """Euler tables from unshifted sigmas; the last step goes to sigma 0."""
+  num_steps = len(sigmas_N)
+  s = timesteps_lib.shift(sigmas_N, shift)
   s_next = np.append(s[1:], 0.0)
   predictor = np.stack(
     [np.ones(num_steps), np.zeros(num_steps), np.zeros(num_steps), s_next - s], axis=1
@@ -145,9 +166,20 @@ def _schedule(timesteps, sigmas, corrector, predictor, corrects: bool) -> Schedu
 SCHEDULERS = {"euler": euler, "unipc": unipc}
 
 
-def make(name: str, num_steps: int, shift: float) -> Schedule:
+def make(name: str, num_steps: int, shift: float, timesteps=()) -> Schedule:
+  """The named schedule; explicit `timesteps` (Euler only) replace the evenly spaced ones."""
   if name not in SCHEDULERS:
     raise ValueError(f"unknown scheduler {name!r}, expected one of {sorted(SCHEDULERS)}")
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+  if len(timesteps):
+    if name != "euler":
+      raise ValueError(
+        f"sampler.timesteps walks Euler steps: scheduler must be 'euler', not {name!r}"
+      )
+    if len(timesteps) != num_steps:
+      raise ValueError(
+        f"sampler.timesteps lists {len(timesteps)} steps but {num_steps} are asked for"
+      )
+    return euler_at(timesteps, shift)
   return SCHEDULERS[name](num_steps, shift)
