@@ -3,7 +3,9 @@
 HoloCine's prompt string is
   "[global caption] G This scene contains N shots. [per shot caption] S1 [shot cut] S2 ... SN"
 with N-1 cut frames; all frame counts are 4t+1 so that the causal VAE maps them to whole
-latent frames. A `Scene` is always valid: construction raises `SceneError` naming the problem.
+latent frames. A `Scene` is always valid: construction raises `SceneError` naming the problem
+in the caller's values. `Scene.create` snaps frame counts and cuts to 4t+1 and keeps what was
+asked for: `snapped()` / `snap_note()` say what changed.
 """
 
 from __future__ import annotations
@@ -57,10 +59,16 @@ class Scene:
   shot_captions: tuple[str, ...]
   num_frames: int
   cut_frames: tuple[int, ...]
+  # As the caller gave them to `create`, before 4t+1 snapping (None: used as given; cuts: also
+  # None when HoloCine's evenly spaced defaults were used). Not part of equality.
+  requested_frames: int | None = dataclasses.field(default=None, compare=False)
+  requested_cuts: tuple[int, ...] | None = dataclasses.field(default=None, compare=False)
 
   def __post_init__(self):
     object.__setattr__(self, "shot_captions", tuple(self.shot_captions))
     object.__setattr__(self, "cut_frames", tuple(int(c) for c in self.cut_frames))
+    if self.requested_cuts is not None:
+      object.__setattr__(self, "requested_cuts", tuple(int(c) for c in self.requested_cuts))
     _validate(self)
 
   @classmethod
@@ -79,16 +87,41 @@ class Scene:
     global_caption = _strip_count(_clean(global_caption), len(shot_captions))
     if num_frames < 1:
       raise SceneError(f"num_frames must be >= 1, got {num_frames}")
-    num_frames = snap_frames(num_frames)
-    if cut_frames is None:
-      cut_frames = default_cuts(num_frames, len(shot_captions))
+    requested_cuts = None if cut_frames is None else tuple(int(c) for c in cut_frames)
+    used_frames = snap_frames(num_frames)
+    if requested_cuts is None:
+      cuts = default_cuts(used_frames, len(shot_captions))
+      if any(b <= a for a, b in zip(cuts, cuts[1:], strict=False)):
+        raise SceneError(
+          f"{len(shot_captions)} shots do not fit in {_snapped(num_frames, used_frames)} frames: "
+          f"HoloCine's evenly spaced cuts {list(cuts)} (round(i*F/N) snapped to 4t+1) are not "
+          f"strictly increasing; give cut_frames ({VAE_TIME_STRIDE} frames apart), or more frames"
+        )
     else:
-      cut_frames = tuple(snap_frames(c) for c in cut_frames)
-    return cls(global_caption, shot_captions, num_frames, tuple(cut_frames))
+      cuts = tuple(snap_frames(c) for c in requested_cuts)
+    return cls(global_caption, shot_captions, used_frames, cuts, int(num_frames), requested_cuts)
 
   @property
   def num_shots(self) -> int:
     return len(self.shot_captions)
+
+  def snapped(self) -> dict[str, list]:
+    """{field: [requested, used]} for each of num_frames / cut_frames that 4t+1 snapping
+    changed (empty when nothing was changed): what a sidecar records beside the used values."""
+    changed = {}
+    if self.requested_frames is not None and self.requested_frames != self.num_frames:
+      changed["num_frames"] = [self.requested_frames, self.num_frames]
+    if self.requested_cuts is not None and self.requested_cuts != self.cut_frames:
+      changed["cut_frames"] = [list(self.requested_cuts), list(self.cut_frames)]
+    return changed
+
+  def snap_note(self) -> str | None:
+    """One line saying what 4t+1 snapping changed, for the caller to print; None if nothing."""
+    changed = self.snapped()
+    if not changed:
+      return None
+    parts = [f"{field} {req} snapped to {used}" for field, (req, used) in changed.items()]
+    return f"{', '.join(parts)} (frame counts and cuts are 4t+1: the VAE's frame groups)"
 
   @property
   def num_latent_frames(self) -> int:
@@ -156,24 +189,40 @@ def _validate(scene: Scene) -> None:
       if marker in text:
         raise SceneError(f"{name} contains the reserved marker {marker!r}: {text[:80]!r}")
   f = scene.num_frames
+  frames = _snapped(scene.requested_frames, f)
   if f < 1 or (f - 1) % VAE_TIME_STRIDE:
     raise SceneError(f"num_frames must be 4t+1 (1, 5, 9, ...), got {f}")
   cuts = scene.cut_frames
-  if len(cuts) != scene.num_shots - 1:
+  given = cuts if scene.requested_cuts is None else scene.requested_cuts
+  cuts_text = _snapped(list(given), list(cuts))
+  if len(given) != scene.num_shots - 1:
     raise SceneError(
-      f"{scene.num_shots} shots need {scene.num_shots - 1} cut frames, got {len(cuts)}: "
-      f"{list(cuts)}"
+      f"{scene.num_shots} shots need {scene.num_shots - 1} cut frames, got {len(given)}: "
+      f"{list(given)}"
     )
+  for a, b in zip(given, given[1:], strict=False):
+    if b <= a:
+      raise SceneError(f"cut frames must be strictly increasing, got {list(given)}")
+  for c, used in zip(given, cuts, strict=True):
+    if c <= 0 or not 0 < used < f:
+      raise SceneError(f"cut frame {_snapped(c, used)} is outside (0, {f}) for num_frames {frames}")
   for a, b in zip(cuts, cuts[1:], strict=False):
     if b <= a:
-      raise SceneError(f"cut frames must be strictly increasing, got {list(cuts)}")
-  for c in cuts:
-    if not 0 < c < f:
-      raise SceneError(f"cut frame {c} is outside (0, {f}) for a {f}-frame scene")
+      raise SceneError(
+        f"cut frames {cuts_text} fall on the same 4t+1 frame; cuts must be at least "
+        f"{VAE_TIME_STRIDE} frames apart"
+      )
   bounds = scene.latent_bounds()
   for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
     if b <= a:
       raise SceneError(
         f"shot {i} maps to zero latent frames (latent bounds {list(bounds)} from cuts "
-        f"{list(cuts)}); cuts must be at least {VAE_TIME_STRIDE} frames apart"
+        f"{cuts_text}); cuts must be at least {VAE_TIME_STRIDE} frames apart"
       )
+
+
+def _snapped(requested, used) -> str:
+  """`requested`, plus what snapping made of it when that differs: for error messages."""
+  if requested is None or requested == used:
+    return str(used)
+  return f"{requested} (snapped to {used})"
