@@ -31,7 +31,7 @@ def _int8_reference(w, n_in):
   """Symmetric per output channel: scale = absmax over the contracted dims / 127."""
   scale = np.abs(w).max(axis=tuple(range(n_in))) / 127.0
   codes = np.clip(np.round(w / np.where(scale > 0, scale, 1.0)), -127, 127)
-  return codes.astype(np.int8), scale.astype(np.float32)
+  return codes.astype(np.int32), scale.astype(np.float32)
 
 
 def _nf4_table():
@@ -53,7 +53,7 @@ def _nf4_reference(w, n_in):
   normed = blocked / np.where(scale > 0, scale, 1.0)
   table = np.asarray(quant.NF4_TABLE, np.float32)
   codes = np.abs(normed[..., None] - table).argmin(-1).reshape(w.shape)
-  return codes.astype(np.uint8), np.squeeze(scale, n_in).astype(np.float32)
+  return codes, np.squeeze(scale, n_in).astype(np.float32)
 
 
 def test_nf4_table_is_qloras_normal_float():
@@ -61,28 +61,30 @@ def test_nf4_table_is_qloras_normal_float():
   assert len(set(quant.NF4_TABLE)) == 16 and quant.NF4_TABLE[7] == 0.0
 
 
+def _quantize_checked(kind, shape, n_in, reference):
+  """Quantizes a known kernel, checks it against `reference`; (kernel, codes, scale, error)."""
+  w = _kernel(shape)
+  codes, scale = quant.quantize(jnp.asarray(w), kind, n_in)
+  want_codes, want_scale = reference(w, n_in)
+  assert codes.dtype == quant.code_dtype(kind)
+  assert scale.shape == quant.scale_shape(kind, shape, n_in)
+  np.testing.assert_array_equal(np.asarray(codes, np.int32), want_codes)
+  np.testing.assert_array_equal(scale, want_scale)
+  error = np.abs(quant.dequantize(codes, scale, kind, n_in, jnp.float32) - w)
+  return w, codes, scale, error
+
+
 @pytest.mark.parametrize("shape,n_in", KERNELS)
 def test_int8_equals_the_definition(shape, n_in):
-  w = _kernel(shape)
-  codes, scale = quant.quantize(jnp.asarray(w), "int8", n_in)
-  want_codes, want_scale = _int8_reference(w, n_in)
-  assert codes.dtype == jnp.int8 and scale.shape == quant.scale_shape("int8", shape, n_in)
-  np.testing.assert_array_equal(codes, want_codes)
-  np.testing.assert_array_equal(scale, want_scale)
+  _, codes, scale, error = _quantize_checked("int8", shape, n_in, _int8_reference)
   assert np.abs(codes).max() == 127
-  back = quant.dequantize(codes, scale, "int8", n_in, jnp.float32)
-  assert np.all(np.abs(back - w) <= scale / 2 * (1 + 1e-6))
+  assert np.all(error <= scale / 2 * (1 + 1e-6))
 
 
 @pytest.mark.parametrize("shape,n_in", KERNELS)
 def test_nf4_equals_the_definition_and_qwix(shape, n_in):
-  w = _kernel(shape)
-  codes, scale = quant.quantize(jnp.asarray(w), "nf4", n_in)
-  want_codes, want_scale = _nf4_reference(w, n_in)
-  assert codes.dtype == jnp.uint4 and scale.shape == quant.scale_shape("nf4", shape, n_in)
-  np.testing.assert_array_equal(np.asarray(codes, np.uint8), want_codes)
-  np.testing.assert_array_equal(scale, want_scale)
-  block = 64 if shape[n_in - 1] % 64 == 0 else shape[n_in - 1]
+  w, codes, scale, error = _quantize_checked("nf4", shape, n_in, _nf4_reference)
+  block = quant.nf4_block(shape[n_in - 1])
   channels = [a for a in range(len(shape)) if a != n_in - 1]
   theirs = qwix.quantize(
     jnp.asarray(w), "nf4", channelwise_axes=channels, tiled_axes={n_in - 1: block}
@@ -90,10 +92,8 @@ def test_nf4_equals_the_definition_and_qwix(shape, n_in):
   np.testing.assert_array_equal(np.asarray(codes, np.uint8), np.asarray(theirs.qvalue, np.uint8))
   # qwix stores scale 1 for an all-zero block (ours 0); both dequantize it to zeros.
   np.testing.assert_array_equal(scale[..., 1:], theirs.scale.reshape(scale.shape)[..., 1:])
-  back = quant.dequantize(codes, scale, "nf4", n_in, jnp.float32)
   half_gap = np.diff(quant.NF4_TABLE).max() / 2  # 0.139: the widest gap is next to +1
-  per_element = np.repeat(scale, block, axis=n_in - 1)
-  assert np.all(np.abs(back - w) <= per_element * half_gap * (1 + 1e-6))
+  assert np.all(error <= np.repeat(scale, block, axis=n_in - 1) * half_gap * (1 + 1e-6))
 
 
 @pytest.mark.parametrize("kind", ["int8", "nf4"])
