@@ -4,17 +4,20 @@ The video is decoded at the target fps and size (`video_decode`), trimmed to the
 frame count that fits (every 4t+1 count, or `ClipSpec.lengths`), and its cuts are the given ones
 (checked against detection when a detector is given: disagreement beyond `cut_tolerance` frames
 keeps the clip with a warning, or drops it) or the detected ones, whose count must match the shot
-captions. Skip reasons: see REASONS.
+captions. Given cuts that 4t+1 snapping moves are kept with a warning saying so. Skip reasons: see
+REASONS.
 Legend: T frames, H height, W width.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
 from holocine_jax import scene as scene_lib
+from holocine_jax import video
 from holocine_jax.data import cuts as cuts_lib
 from holocine_jax.data import video_decode
 from holocine_jax.data.manifest import Entry
@@ -30,6 +33,10 @@ REASONS = (
   "caption_too_long",  # the prompt does not fit the text encoder
   "nonfinite",  # the encoders gave NaN or Inf
 )
+
+
+# Pixels per DiT token side: the VAE's spatial stride times the (1, 2, 2) patch of every config.
+SPACE_MULTIPLE = video.VAE_SPACE_STRIDE * 2
 
 
 class Skip(Exception):  # noqa: N818 (a verdict, not a failure of the program)
@@ -55,6 +62,16 @@ class ClipSpec:
   drop_cut_mismatch: bool = False
 
   def __post_init__(self):
+    if not 0 < self.fps < math.inf:
+      raise ValueError(f"fps (--fps) must be a positive frame rate, got {self.fps:g}")
+    m = SPACE_MULTIPLE
+    if self.height < m or self.width < m or self.height % m or self.width % m:
+      fit = lambda n: max(m, n // m * m)
+      raise ValueError(
+        f"height x width (--height, --width) must be multiples of {m} (the VAE's 8x "
+        f"downsampling times the DiT's 2x2 patch), got {self.height}x{self.width}; e.g. "
+        f"{fit(self.height)}x{fit(self.width)}"
+      )
     bad = [n for n in self.lengths if n != scene_lib.snap_frames(n) or n < 1]
     if bad:
       raise ValueError(f"clip lengths must be 4t+1 frame counts (1, 5, 9, ...), got {bad}")
@@ -121,4 +138,7 @@ def prepare(entry: Entry, spec: ClipSpec, detect: cuts_lib.DetectCuts | None) ->
     scene = scene_lib.Scene.create(entry.global_caption, entry.shot_captions, n, cut_frames)
   except scene_lib.SceneError as e:
     raise Skip("bad_cuts", f"{e} (clip of {n} frames at {spec.fps:g} fps)") from None
-  return Clip(entry.line, scene, frames, warning)
+  snapped = scene.snap_note() if entry.cuts(spec.fps) is not None else None
+  if snapped and entry.cut_times is not None:
+    snapped = f"cut_times {list(entry.cut_times)} at {spec.fps:g} fps: {snapped}"
+  return Clip(entry.line, scene, frames, "; ".join(filter(None, (warning, snapped))) or None)

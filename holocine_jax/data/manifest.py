@@ -35,10 +35,12 @@ class ManifestError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Line:
-  """One non-blank manifest line: its 1-based number, text and a digest of the text."""
+  """One non-blank manifest line: its 1-based number, text and a digest of the text; `error`
+  names why the line could not be read (it is then reported and skipped like a bad line)."""
 
   number: int
   text: str
+  error: str | None = None
 
   @property
   def digest(self) -> str:
@@ -69,10 +71,20 @@ class Entry:
     return self.cut_frames
 
 
+def _decode(number: int, raw: bytes) -> Line:
+  try:
+    return Line(number, raw.decode("utf-8").strip())
+  except UnicodeDecodeError as e:
+    error = f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+    return Line(number, raw.decode("utf-8", "backslashreplace").strip(), error)
+
+
 def read_lines(path) -> list[Line]:
-  """The non-blank lines of a manifest file, numbered from 1."""
-  with open(path) as f:
-    return [Line(n, text.strip()) for n, text in enumerate(f, 1) if text.strip()]
+  """The non-blank lines of a UTF-8 manifest file, numbered from 1; a line that is not UTF-8
+  comes with its `error` (the other lines still run)."""
+  with open(path, "rb") as f:
+    lines = [_decode(n, raw) for n, raw in enumerate(f, 1)]
+  return [line for line in lines if line.text]
 
 
 def _increasing(field: str, values: list) -> None:
@@ -120,6 +132,8 @@ def parse(line: Line, base: str) -> Entry:
   """A manifest line -> Entry (video relative to `base`); raises ManifestError naming the line
   and the field."""
   fail = lambda problem: ManifestError(line.number, problem)
+  if line.error:
+    raise fail(line.error)
   try:
     obj = json.loads(line.text)
   except json.JSONDecodeError as e:

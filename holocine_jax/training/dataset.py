@@ -173,9 +173,25 @@ def version_dir(data_dir) -> str:
   return os.path.dirname(found[-1])
 
 
+def _builder(data_dir, split: str):
+  """The dataset's tfds builder, after checking that `split` exists and holds records."""
+  builder = tfds.builder_from_directory(version_dir(data_dir))
+  where = f"the dataset in data.data_dir={os.fspath(data_dir)!r}"
+  if split not in builder.info.splits:
+    raise ValueError(
+      f"data.split={split!r} is not a split of {where}; it has {sorted(builder.info.splits)}"
+    )
+  if builder.info.splits[split].num_examples == 0:
+    raise ValueError(
+      f"data.split={split!r} of {where} has 0 records (preprocessing skipped every "
+      "line? see its summary); point data.data_dir at a dataset with records"
+    )
+  return builder
+
+
 def open_source(data_dir, split: str = "train"):
   """(grain-compatible random-access source, per-example latent shapes) of one split."""
-  builder = tfds.builder_from_directory(version_dir(data_dir))
+  builder = _builder(data_dir, split)
   shapes = [tuple(s) for s in builder.info.metadata[SHAPES_KEY][split]]
   source = builder.as_data_source(split)
   if len(source) != len(shapes):
@@ -186,7 +202,7 @@ def open_source(data_dir, split: str = "train"):
 def longest_shots(data_dir, split: str = "train") -> list[int] | None:
   """Every example's longest shot in latent frames, from the metadata alone; None for a dataset
   written before 1.1.0 (no shot lengths stored)."""
-  metadata = tfds.builder_from_directory(version_dir(data_dir)).info.metadata
+  metadata = _builder(data_dir, split).info.metadata
   if SHOTS_KEY not in metadata:
     return None
   return [int(n) for n in metadata[SHOTS_KEY][split]]

@@ -4,10 +4,11 @@ A sample's bucket is its latent shape (F, H, W), or with `data.buckets` (latent 
 the smallest bucket length >= F at the same H, W: shorter clips are padded at the end with zero
 latents whose tokens belong to no shot and whose frames `frame_mask` keeps out of the loss. Each
 epoch shuffles every bucket, cuts it into global batches (dropping the remainder), and shuffles
-the batch order. Element i of the pipeline is global batch i, a pure function of (seed, i) and
-the dataset-wide bucket of every sample: each host reads only its rows of it, every host sees the
-same bucket (same shapes: one compile per bucket) at the same step, and the iterator state is
-just a position, so checkpoints restore the exact stream. Each bucket's static shot bound comes
+the batch order; a bucket smaller than one global batch is never trained (`bucket_report` warns).
+Element i of the pipeline is global batch i, a pure function of (seed, i) and the dataset-wide
+bucket of every sample: each host reads only its rows of it, every host sees the same bucket (same
+shapes: one compile per bucket) at the same step, and the iterator state is just a position, so
+checkpoints restore the exact stream. Each bucket's static shot bound comes
 from the longest shot of its samples (`shot_bounds`), dataset-wide as well.
 """
 
@@ -58,7 +59,8 @@ class BucketPlan:
     if self.batches_per_epoch == 0:
       sizes = {k: len(v) for k, v in sorted(by_key.items())}
       raise ValueError(
-        f"no bucket holds a full global batch of {global_batch}; bucket sizes {sizes}"
+        f"no bucket holds a full global batch (train.global_batch={global_batch}); bucket "
+        f"sizes {sizes}: lower train.global_batch"
       )
 
   @functools.lru_cache(maxsize=2)  # noqa: B019 (a plan lives as long as its pipeline)
@@ -149,6 +151,26 @@ def shot_bounds(config, keys: Sequence[Bucket]) -> dict[Bucket, int]:
   return dict.fromkeys(per_bucket, requested)
 
 
+def bucket_report(plan: BucketPlan, padded: Sequence[bool], bounds: dict[Bucket, int]) -> list[str]:
+  """One line per bucket: samples, padded ones, batches per epoch and shot bound; a bucket with
+  fewer samples than the global batch is never trained, and its line is a warning saying so."""
+  lines = []
+  for key, bucket in zip(plan.keys, plan.buckets, strict=True):
+    name = f"bucket {'x'.join(map(str, key))} latents: {len(bucket)} samples"
+    name += f" ({sum(padded[i] for i in bucket)} padded)"
+    if len(bucket) < plan.global_batch:
+      lines.append(
+        f"warning: {name} are never trained: fewer than train.global_batch={plan.global_batch} "
+        "(lower train.global_batch, or let data.buckets pad them into a fuller bucket)"
+      )
+      continue
+    lines.append(
+      f"{name}, {len(bucket) // plan.global_batch} batches per epoch, shots bounded by "
+      f"{bounds[key]} latent frames"
+    )
+  return lines
+
+
 def _collate_bucket(samples: list[dict], key: Bucket, *, bounds: dict[Bucket, int], **kwargs):
   return records.collate(samples, max_shot_frames=bounds[key], num_frames=key[0], **kwargs)
 
@@ -161,13 +183,7 @@ def from_config(source, shapes, config, rows: tuple[int, int]) -> grain.IterData
   padded = [s[0] < k[0] for s, k in zip(shapes, keys, strict=True)]
   bounds = shot_bounds(config, keys)
   if jax.process_index() == 0:
-    for key, bucket in zip(plan.keys, plan.buckets, strict=True):
-      print(
-        f"bucket {'x'.join(map(str, key))} latents: {len(bucket)} samples "
-        f"({sum(padded[i] for i in bucket)} padded), {len(bucket) // plan.global_batch} batches "
-        f"per epoch, shots bounded by {bounds[key]} latent frames",
-        flush=True,
-      )
+    print("\n".join(bucket_report(plan, padded, bounds)), flush=True)
   collate = functools.partial(
     _collate_bucket,
     bounds=bounds,

@@ -5,13 +5,15 @@
   python -m holocine_jax.training.preprocess --scenes scenes.jsonl --out /tmp/data \
       --encoders toy --latent_channels 4 --text_dim 24 --height 64 --width 64 --detector none
 
-Manifest lines: data/manifest.py. Each video is decoded at --fps, scaled and centre-cropped to
---height x --width and trimmed to 4t+1 frames (or to the longest of --lengths that fits). Its cuts
-are the given ones, checked against TransNet V2 (a disagreement beyond --cut_tolerance frames is
-reported, and the line dropped with --drop_cut_mismatch), or TransNet V2's, whose count must
-match the shot captions; with --detector none lines without cuts get HoloCine's evenly spaced
-ones. Clips of one length are encoded --batch_size at a time on this host's devices (`--encoders
-model`: the Wan VAE and umT5 of a converted folder). Pod scale: every host runs the same command
+Manifest lines: data/manifest.py (UTF-8; a line that is not is skipped by number). Each video is
+decoded at --fps, scaled and centre-cropped to --height x --width (multiples of 16: a bad size or
+rate is refused before anything runs) and trimmed to 4t+1 frames (or to the longest of --lengths
+that fits). Its cuts are the given ones (a cut that 4t+1 snapping moves is reported), checked
+against TransNet V2 (a disagreement beyond --cut_tolerance frames is reported, and the line
+dropped with --drop_cut_mismatch), or TransNet V2's, whose count must match the shot captions;
+with --detector none lines without cuts get HoloCine's evenly spaced ones. Clips of one length
+are encoded --batch_size at a time on this host's devices (`--encoders model`: the Wan VAE and
+umT5 of a converted folder). Pod scale: every host runs the same command
 (with --distributed, or --host/--num_hosts) and writes its own shards (data/shards.py); a rerun
 resumes; a bad line is reported with its reason (data/clips.py REASONS) and skipped; whichever host
 finishes the last shard makes the shards one tfds dataset that training reads (data.source=tfds,
@@ -207,6 +209,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> dict:
   args = _parser().parse_args(argv)
+  spec = clips.ClipSpec(  # refused before any encoder loads
+    fps=args.fps,
+    height=args.height,
+    width=args.width,
+    min_frames=args.min_frames,
+    lengths=tuple(int(n) for n in args.lengths.split(",") if n),
+    cut_tolerance=args.cut_tolerance,
+    drop_cut_mismatch=args.drop_cut_mismatch,
+  )
   if args.distributed:
     jax.distributed.initialize()
   mesh = sharding.make_mesh({"fsdp": args.fsdp, "data": -1}, jax.local_devices())
@@ -239,15 +250,6 @@ def main(argv=None) -> dict:
     detector=args.detector,
     transnet_weights=args.transnet_weights,
     cut_threshold=args.cut_threshold,
-  )
-  spec = clips.ClipSpec(
-    fps=args.fps,
-    height=args.height,
-    width=args.width,
-    min_frames=args.min_frames,
-    lengths=tuple(int(n) for n in args.lengths.split(",") if n),
-    cut_tolerance=args.cut_tolerance,
-    drop_cut_mismatch=args.drop_cut_mismatch,
   )
   summary = run(
     args.scenes,
