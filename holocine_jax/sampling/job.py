@@ -217,6 +217,9 @@ def run(
       log(f"skipping bad request: {item}")
       continue
     requests.append(item)
+    note = item.scene.snap_note()
+    if note:
+      log(f"scene {item.id} (line {item.line}): {note}")
     stored = _finished(out_dir, item.id)
     if stored is not None and stored.get("fingerprint") == fingerprint(item, setup):
       report.skipped.append(item.id)
@@ -269,6 +272,7 @@ def run(
         setup=setup,
         fingerprint=fingerprint(r, setup),
         latent_bounds=list(r.scene.latent_bounds()),
+        snapped=r.scene.snapped(),  # requested vs used frames / cuts (not part of the fingerprint)
         fps=fps,
         frames=list(frames.shape),
         timings=timings,

@@ -197,17 +197,26 @@ def parse(obj, line: int, defaults: dict, limits: Limits | None = None) -> Scene
 def read(
   path, defaults: dict, limits: Limits | None = None
 ) -> Iterator[SceneRequest | RequestError]:
-  """Requests of a JSONL file in order; a bad line yields its RequestError instead."""
-  with open(path) as f:
+  """Requests of a JSONL file in order; a bad line (also one that is not UTF-8) yields its
+  RequestError instead."""
+  with open(path, "rb") as f:
     yield from read_lines(f, defaults, limits)
 
 
 def read_lines(
-  lines: Iterable[str], defaults: dict, limits: Limits | None = None
+  lines: Iterable[str | bytes], defaults: dict, limits: Limits | None = None
 ) -> Iterator[SceneRequest | RequestError]:
-  """Requests of JSONL text lines (numbered from 1) in order; see `read`."""
+  """Requests of JSONL lines (text, or bytes decoded as UTF-8; numbered from 1) in order; see
+  `read`."""
   seen: dict[str, int] = {}
   for line, text in enumerate(lines, start=1):
+    if isinstance(text, bytes):
+      try:
+        text = text.decode("utf-8")
+      except UnicodeDecodeError as e:
+        at = f"byte 0x{text[e.start]:02x} at column {e.start + 1}"
+        yield RequestError(f"line {line}: not valid UTF-8 ({at})")
+        continue
     if not text.strip():
       continue
     try:
