@@ -3,6 +3,7 @@
 import ml_collections
 
 from holocine_jax import config_file, sharding
+from holocine_jax.model.config import BLOCK_LINEARS
 
 
 def mesh(**sizes) -> ml_collections.ConfigDict:
@@ -40,6 +41,8 @@ def holocine_switches(a: ml_collections.ConfigDict) -> dict:
     window_cross_attention=a.window,
     remat_policy=a.remat,
     lora_rank=a.lora,
+    lora_alpha=0.0,  # the update is scaled by alpha / rank; 0: alpha = rank
+    lora_targets=tuple(BLOCK_LINEARS),  # block modules; e.g. --set 'model.lora_targets=("ffn_in",)'
     lora_base=a.lora_base,
   )
 
