@@ -5,6 +5,8 @@
   python -m holocine_jax.convert --src Wan2.2-T2V-A14B-Diffusers --out /data/wan22   # auto format
   python -m holocine_jax.convert --src checkpoints/ --components high,low \
       --config configs/holocine_a14b.py:attention=sparse --out /data/sparse  # sparse_* experts
+  python -m holocine_jax.convert --src Wan2.2-T2V-A14B --lora high=lightning_high.safetensors \
+      --lora low=lightning_low.safetensors --out /data/wan22_lightning  # step-distill LoRAs
 
 The DiT architecture comes from the checkpoint: the `config.json` beside an expert's files
 (diffusers or Wan) and the tensor shapes, which give all but the number of heads; without a
@@ -12,6 +14,10 @@ config.json that is --config's, or without --config dim / 128 (the head_dim of e
 --config adds what files cannot say (attention variant, dtypes, mesh, the umT5 and VAE sizes;
 default configs/wan22_t2v_a14b.py); a --config whose model fields differ from the checkpoint's
 fails with one line naming the fields and the config in configs/ that fits.
+
+`--lora [high=|low=]PATH[:SCALE]` (repeatable) merges a Wan LoRA file (diffusers/peft, original /
+ComfyUI or musubi-tuner names; weights/lora_files.py) into both DiT experts or the one named, one
+parameter at a time as it streams; `convert.json` records each expert's LoRAs (sha256, scale).
 
 Writes one orbax checkpoint per component found (`high`, `low` experts, `text_encoder`, `vae`)
 plus `convert.json` (sources, sizes, format, configs, source dtypes, saved dtype, param counts,
@@ -41,7 +47,7 @@ from orbax.checkpoint.experimental import v1 as ocp
 
 from holocine_jax import config_file, sharding
 from holocine_jax.model.config import DiTConfig
-from holocine_jax.weights import formats, loader, store
+from holocine_jax.weights import formats, loader, lora_files, store
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 DEFAULT_CONFIG = os.path.join(CONFIGS, "wan22_t2v_a14b.py")
@@ -120,9 +126,10 @@ def dit_config(component: formats.Component, base: DiTConfig, config: str | None
 
 
 def _save_component(
-  component, config, mesh, rules, path, chunk_bytes, hint, progress, allow_nonfinite
+  component, config, mesh, rules, path, chunk_bytes, hint, progress, allow_nonfinite, loras=()
 ) -> dict:
-  """Streams one component into an orbax checkpoint at `path`; returns its record."""
+  """Streams one component into an orbax checkpoint at `path`, with `loras` (from
+  `lora_files.load`) merged into a DiT expert's params one at a time; returns its record."""
   start = time.time()
   checkpoint, plan, shapes, shardings, naming = loader.prepare(
     component, config, mesh, rules, config_hint=hint
@@ -144,7 +151,7 @@ def _save_component(
   with context, bar:
     params = loader.iter_params(checkpoint, plan, shapes, shardings, allow_nonfinite)
     for name, array in params:
-      chunk[name] = array
+      chunk[name] = lora_files.apply_to_param(name, array, loras, config, component.name)
       chunk_size += array.nbytes
       bar.update(array.nbytes)
       if chunk_size >= chunk_bytes:
@@ -153,9 +160,11 @@ def _save_component(
     if chunk:
       ocp.partial.save(path, loader.unflatten(chunk))
   ocp.partial.finalize(path)
+  lora = lora_files.fingerprint(lora_files.serving(loras, component.name))
   return dict(
     kind=component.kind,
     naming=naming,
+    **(dict(lora=lora) if lora else {}),
     files=[dict(path=os.path.abspath(f), bytes=os.path.getsize(f)) for f in component.files],
     config=dataclasses.asdict(config),
     source_dtypes=loader.source_dtypes(checkpoint, plan),
@@ -177,9 +186,12 @@ def convert(
   chunk_mb: int = 16,
   progress: bool = True,
   allow_nonfinite: bool = False,
+  lora: tuple[str, ...] = (),
 ) -> dict:
   """Converts every component found below `src` into `out`; returns the record as written.
-  `config` (a config file[:arg]; None: DEFAULT_CONFIG) adds what the files do not say."""
+  `config` (a config file[:arg]; None: DEFAULT_CONFIG) adds what the files do not say; `lora`
+  ('[high=|low=]PATH[:SCALE]' each) are merged into the DiT experts."""
+  requests = [lora_files.parse(spec) for spec in lora]
   start = time.time()
   out = os.path.abspath(out.rstrip("/"))
   if os.path.exists(out):
@@ -196,9 +208,17 @@ def convert(
   models = []  # every architecture is checked before anything is converted
   for component in found:
     model_config, architecture = formats.model_config(component.kind, cfg, param_dtype), None
+    loras = ()
     if component.kind == "dit":
       model_config, architecture = dit_config(component, model_config, config)
-    models.append((component, model_config, architecture))
+      loras = lora_files.load(requests, model_config)
+    models.append((component, model_config, architecture, loras))
+  experts = {c.name for c, *_ in models if c.kind == "dit"}
+  for request in requests:
+    if not experts & set(request.experts):
+      raise lora_files.LoraFileError(
+        f"{request.path}: no {request.experts[0]} expert to merge into"
+      )
   mesh = sharding.make_mesh(cfg.mesh)
   tmp = os.path.join(os.path.dirname(out), f".{os.path.basename(out)}.partial")
   shutil.rmtree(tmp, ignore_errors=True)  # a previous, killed attempt
@@ -207,7 +227,7 @@ def convert(
     record = dict(
       format=fmt, src=os.path.abspath(src), config=spec, param_dtype=param_dtype, components={}
     )
-    for component, model_config, architecture in models:
+    for component, model_config, architecture, loras in models:
       entry = _save_component(
         component,
         model_config,
@@ -218,6 +238,7 @@ def convert(
         spec,
         progress,
         allow_nonfinite,
+        loras,
       )
       if architecture:
         entry["architecture"] = architecture
@@ -249,6 +270,12 @@ def main(argv=None) -> dict:
   parser.add_argument(
     "--allow_nonfinite", action="store_true", help="convert NaN/Inf weights instead of failing"
   )
+  parser.add_argument(
+    "--lora",
+    action="append",
+    default=[],
+    help="[high=|low=]PATH[:SCALE]: a Wan LoRA .safetensors merged into the DiT experts",
+  )
   args = parser.parse_args(argv)
   try:
     return convert(
@@ -261,9 +288,12 @@ def main(argv=None) -> dict:
       chunk_mb=args.chunk_mb,
       progress=not args.no_progress,
       allow_nonfinite=args.allow_nonfinite,
+      lora=tuple(args.lora),
     )
   except ArchitectureError as e:  # one line, no traceback
     parser.exit(2, f"{parser.prog}: error: {e}\n")
+  except lora_files.LoraFileError as e:
+    parser.exit(2, f"{parser.prog}: error: --lora {e}\n")
 
 
 if __name__ == "__main__":

@@ -15,12 +15,16 @@ must have the config's architecture (one error names the fields that differ), an
 the attention it was trained with (model.self_attention full / sparse,
 model.window_cross_attention): sampling otherwise computes something else with the same params, so
 it fails naming the `--set`s that sample as trained; `--allow_attention_change` samples with the
-config's attention on purpose (e.g. a full-attention model with sparse attention). The checks run
-before anything is loaded. Before the model is built, `--out` is locked for this job (a second job
-on it fails) and every line is validated completely (types and the model's limits); a bad line is
-reported with its line number and skipped. Rerunning skips a finished scene only if nothing that
-determines its video changed (request, model, sampler, decoder, weights: the workdir and step; see
-`setup`), and generates a changed one again. See sampling/requests.py for the line format. Exit
+config's attention on purpose (e.g. a full-attention model with sparse attention).
+`--lora [high=|low=]PATH[:SCALE]` (repeatable) merges a Wan LoRA file (diffusers/peft, original /
+ComfyUI or musubi-tuner names; weights/lora_files.py) into both experts or the one named, at SCALE
+(default 1), each expert's params donated to the merge (no second copy); the sidecars fingerprint
+the files' contents and scales. The checks run before anything is loaded. Before the model is
+built, `--out` is locked for this job (a second job on it fails) and every line is validated
+completely (types and the model's limits); a bad line is reported with its line number and
+skipped. Rerunning skips a finished scene only if nothing that determines its video changed
+(request, model, sampler, decoder, weights and LoRAs; see `setup`), and generates a changed one
+again. See sampling/requests.py for the line format. Exit
 codes: 0 every scene done or skipped; 1 a bad line or a failed scene (the printed JSON summary lists
 them); any other error (a config value, `--out`, the checkpoint) raises.
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -41,7 +46,7 @@ from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
 from holocine_jax.sampling import generator, job, requests, text_backends
 from holocine_jax.sampling.pipeline import SamplerConfig
-from holocine_jax.weights import formats, store
+from holocine_jax.weights import formats, lora_files, store
 
 # request field -> the config key giving its default
 _DEFAULT_KEYS = dict(
@@ -101,20 +106,47 @@ def open_checkpoint(
   return dataclasses.replace(source, config=model)
 
 
-def _experts(model: WanDiT, config, source: store.Source | None, random_init: bool, mesh, rules):
-  """(high, low or None) from `source` or a random init: variable trees, or with
-  `sample.swap_experts` loaders that restore an expert just before its denoising stage."""
-  if source is None:
-    if not random_init:
-      raise ValueError("give --checkpoint (converted folder or training workdir) or --random_init")
-    init = dit.init_fn(model.config)
-    params, _ = sharding.init_sharded(init, mesh, rules, jax.random.key(config.sample.seed))
-    return {"params": params}, None
-  if source.kind == "training" and source.experts[0] != store.EXPERTS:
+def _groups(source: store.Source | None, loras) -> tuple[tuple[str, ...], ...]:
+  """The expert groups to build, each one param tree: `source`'s, or one for a random init,
+  split where the experts of a group get different LoRAs."""
+  groups = (store.EXPERTS,) if source is None else source.experts
+  out = []
+  for names in groups:
+    if len({tuple(r for r, _ in lora_files.serving(loras, n)) for n in names}) > 1:
+      out += [(n,) for n in names]
+    else:
+      out.append(names)
+  served = {n for names in out for n in names}
+  for request, _ in loras:
+    if not served & set(request.experts):
+      raise lora_files.LoraFileError(
+        f"{request.path} is for the {request.experts[0]} expert, but the checkpoint has one "
+        f"model for every step ({'+'.join(sorted(served))}): drop the {request.experts[0]}="
+      )
+  return tuple(out)
+
+
+def _experts(
+  model: WanDiT, config, source: store.Source | None, random_init: bool, mesh, rules, loras=()
+):
+  """(high, low or None) from `source` or a random init, each with its LoRAs merged: variable
+  trees, or with `sample.swap_experts` loaders that restore an expert just before its stage."""
+  if source is None and not random_init:
+    raise ValueError("give --checkpoint (converted folder or training workdir) or --random_init")
+  if source is not None and source.kind == "training" and source.experts[0] != store.EXPERTS:
     only = source.experts[0][0]
     print(f"{source.path} trained the {only}-noise expert only: it serves every step")
-  loaders = [lambda n=names: {"params": source.load(n, mesh, rules)} for names in source.experts]
-  experts = [load if config.sample.swap_experts else load() for load in loaders]
+
+  def load(names):
+    if source is None:
+      init = dit.init_fn(model.config)
+      params, _ = sharding.init_sharded(init, mesh, rules, jax.random.key(config.sample.seed))
+    else:
+      params = source.load(names, mesh, rules)
+    return {"params": lora_files.apply(params, loras, model.config, names[0])}
+
+  loaders = [functools.partial(load, names) for names in _groups(source, loras)]
+  experts = [load if config.sample.swap_experts and source else load() for load in loaders]
   return experts[0], experts[1] if len(experts) > 1 else None
 
 
@@ -209,9 +241,12 @@ def vae_decoder(vae_config):
   return jax.jit(decode)
 
 
-def setup(config, source: store.Source | None = None, *, tokenizer=None, random_init=False) -> dict:
+def setup(
+  config, source: store.Source | None = None, *, tokenizer=None, random_init=False, loras=()
+) -> dict:
   """Everything besides a request that determines its video (the sidecar's fingerprint), for
-  the weights of `source` (from `open_checkpoint`) or a random init."""
+  the weights of `source` (from `open_checkpoint`) or a random init, with `loras` (from
+  `lora_files.load`: their contents and scales) merged in."""
   sampler = dataclasses.asdict(SamplerConfig.from_config(config.sampler))
   for per_request in ("num_steps", "guidance_high", "guidance_low"):
     del sampler[per_request]
@@ -229,21 +264,29 @@ def setup(config, source: store.Source | None = None, *, tokenizer=None, random_
     for component in record["components"].values():
       component.pop("seconds")
     weights = dict(converted=record)
+  if loras:
+    weights["lora"] = lora_files.fingerprint(loras)
   model = dataclasses.asdict(DiTConfig.from_config(config.model))
   return json.loads(json.dumps(dict(model=model, sampler=sampler, sample=sample, weights=weights)))
 
 
 def build(
-  config, source: store.Source | None = None, *, tokenizer=None, random_init=False, params=None
+  config,
+  source: store.Source | None = None,
+  *,
+  tokenizer=None,
+  random_init=False,
+  params=None,
+  loras=(),
 ) -> generator.Generator:
-  """The generator for `config` with the experts of `source` (from `open_checkpoint`), a random
-  init, or `params`: a DiT variable tree already on the config's mesh (a training run's
-  in-memory params) serving every step."""
+  """The generator for `config` with the experts of `source` (from `open_checkpoint`) or a
+  random init, `loras` (from `lora_files.load`) merged in, or `params`: a DiT variable tree
+  already on the config's mesh (a training run's in-memory params) serving every step."""
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.logical_rules(config.logical_rules)
   model = WanDiT(DiTConfig.from_config(config.model))
   if params is None:
-    high, low = _experts(model, config, source, random_init, mesh, rules)
+    high, low = _experts(model, config, source, random_init, mesh, rules, loras)
   else:
     high, low = params, None
   s = config.sample
@@ -278,6 +321,13 @@ def main(argv=None) -> job.JobReport:
     action="store_true",
     help="sample a training workdir with other attention than it was trained with",
   )
+  parser.add_argument(
+    "--lora",
+    action="append",
+    default=[],
+    help="[high=|low=]PATH[:SCALE]: a Wan LoRA .safetensors merged into both experts (or one); "
+    "repeatable",
+  )
   parser.add_argument("--set", action="append", default=[], help="config override key=value")
   parser.add_argument("--no_progress", action="store_true")
   args = parser.parse_args(argv)
@@ -285,7 +335,13 @@ def main(argv=None) -> job.JobReport:
   line_defaults = defaults(config)
   source = open_checkpoint(config, args.checkpoint, args.step, args.allow_attention_change)
   step = None if source is None else source.step
-  weights = dict(tokenizer=args.tokenizer, random_init=args.random_init)
+  try:
+    requested = [lora_files.parse(spec) for spec in args.lora]
+    loras = lora_files.load(requested, DiTConfig.from_config(config.model))
+    _groups(source, loras)  # a LoRA for an expert the checkpoint lacks fails here
+  except lora_files.LoraFileError as e:
+    parser.error(f"--lora {e}")
+  weights = dict(tokenizer=args.tokenizer, random_init=args.random_init, loras=loras)
   mesh = sharding.make_mesh(config.mesh)
   with job.exclusive(args.out):
     items = list(requests.read(args.scenes, line_defaults, limits(config, args.tokenizer)))
@@ -296,7 +352,13 @@ def main(argv=None) -> job.JobReport:
       setup=setup(config, source, **weights),
       batch_size=sharding.batch_shards(mesh, sharding.logical_rules(config.logical_rules)),
       fps=config.sample.fps,
-      metadata=dict(config=args.config, overrides=args.set, checkpoint=args.checkpoint, step=step),
+      metadata=dict(
+        config=args.config,
+        overrides=args.set,
+        checkpoint=args.checkpoint,
+        step=step,
+        lora=args.lora,
+      ),
       progress=not args.no_progress,
     )
   print(json.dumps(report.summary(), indent=2))

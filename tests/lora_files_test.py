@@ -9,67 +9,10 @@ from safetensors.numpy import save_file
 from configs import tiny
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.weights import lora_files, reader
+from tests import lora_reference as lr
 
 CONFIG = DiTConfig.from_config(tiny.get_config("").model)  # dim 32, 2 heads, ffn 64, 2 layers
 D, F, R = CONFIG.dim, CONFIG.ffn_dim, 4
-# module -> (original name, diffusers name, torch weight [out, in])
-MODULES = {
-  **{
-    f"{attn}/{p}": (f"{attn}.{p}", f"{a}.{d}", (D, D))
-    for attn, a in (("self_attn", "attn1"), ("cross_attn", "attn2"))
-    for p, d in zip("qkvo", ("to_q", "to_k", "to_v", "to_out.0"), strict=True)
-  },
-  "ffn_in": ("ffn.0", "ffn.net.0.proj", (F, D)),
-  "ffn_out": ("ffn.2", "ffn.net.2", (D, F)),
-}
-
-
-def torch_lora(modules=tuple(MODULES), layers=(0, 1), rank=R, alpha=None, seed=0):
-  """{(module, layer): (down [r, in], up [out, r], alpha or None)}, random."""
-  rng = np.random.RandomState(seed)
-  out = {}
-  for m in modules:
-    n_out, n_in = MODULES[m][2]
-    for i in layers:
-      out[m, i] = (
-        rng.randn(rank, n_in).astype(np.float32),
-        rng.randn(n_out, rank).astype(np.float32),
-        alpha,
-      )
-  return out
-
-
-def save(path, lora, naming):
-  """Writes `torch_lora` in `naming`'s keys, spelled out here (not through our rules); a
-  diffusers file folds alpha / r into up, as diffusers' own conversion does."""
-  state = {}
-  for (m, i), (down, up, alpha) in lora.items():
-    original, diffusers, _ = MODULES[m]
-    if naming == "diffusers":
-      fold = 1.0 if alpha is None else alpha / down.shape[0]
-      base, names = f"transformer.blocks.{i}.{diffusers}", ("lora_A.weight", "lora_B.weight")
-      down, up, alpha = down, (up * fold).astype(np.float32), None
-    elif naming == "musubi":
-      base = f"lora_unet_blocks_{i}_{original.replace('.', '_')}"
-      names = ("lora_down.weight", "lora_up.weight")
-    else:
-      base = f"diffusion_model.blocks.{i}.{original}"
-      names = (
-        ("lora_A.weight", "lora_B.weight")
-        if naming == "wan_ab"
-        else ("lora_down.weight", "lora_up.weight")
-      )
-    state[f"{base}.{names[0]}"], state[f"{base}.{names[1]}"] = down, up
-    if alpha is not None:
-      state[f"{base}.alpha"] = np.asarray(alpha, np.float32)
-  save_file(state, str(path))
-  return str(path)
-
-
-def delta(lora, module, layer):
-  """The update of a module's torch weight [out, in]: (alpha / r) up @ down."""
-  down, up, alpha = lora[module, layer]
-  return (alpha or down.shape[0]) / down.shape[0] * up @ down
 
 
 def our_delta(result, module, layer):
@@ -84,12 +27,12 @@ def our_delta(result, module, layer):
 
 @pytest.mark.parametrize("naming", ["diffusers", "wan", "wan_ab", "musubi"])
 def test_each_naming_reads_the_same_adapters(tmp_path, naming):
-  lora = torch_lora(alpha=2.0)
-  got = lora_files.read(save(tmp_path / "l.safetensors", lora, naming), CONFIG)
+  lora = lr.torch_lora(alpha=2.0)
+  got = lora_files.read(lr.save(tmp_path / "l.safetensors", lora, naming), CONFIG)
   assert got.naming == naming.removesuffix("_ab") and got.rank == R
-  assert got.targets == tuple(sorted(MODULES))
+  assert got.targets == tuple(sorted(lr.MODULES))
   for m, i in lora:
-    np.testing.assert_allclose(our_delta(got, m, i), delta(lora, m, i), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(our_delta(got, m, i), lr.delta(lora, m, i), rtol=1e-6, atol=1e-6)
   # the layout SPEC names: lora_a [layers, *in, r], lora_b [layers, r, *out]
   blocks = got.adapters["blocks"]
   assert blocks["self_attn"]["q"]["lora_a"].shape == (2, D, R)
@@ -103,21 +46,21 @@ def test_each_naming_reads_the_same_adapters(tmp_path, naming):
 
 def test_untouched_layers_are_zero_and_ranks_are_padded(tmp_path):
   lora = {
-    **torch_lora(("self_attn/q",), (1,), rank=2, alpha=1.0),
-    **torch_lora(("ffn_out",), (0,), rank=4),
+    **lr.torch_lora(("self_attn/q",), (1,), rank=2, alpha=1.0),
+    **lr.torch_lora(("ffn_out",), (0,), rank=4),
   }
-  got = lora_files.read(save(tmp_path / "l.safetensors", lora, "wan"), CONFIG)
+  got = lora_files.read(lr.save(tmp_path / "l.safetensors", lora, "wan"), CONFIG)
   assert got.rank == 4 and got.targets == ("ffn_out", "self_attn/q")
   q = got.adapters["blocks"]["self_attn"]["q"]
   assert not q["lora_a"][0].any() and not q["lora_b"][0].any() and not q["lora_a"][1, :, 2:].any()
   for key in lora:  # alpha / r 0.5 and 1: folded into lora_b against the common alpha / r
-    np.testing.assert_allclose(our_delta(got, *key), delta(lora, *key), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(our_delta(got, *key), lr.delta(lora, *key), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("fmt", lora_files.FORMATS)
 def test_write_then_read_is_exact(tmp_path, fmt):
-  lora = torch_lora(alpha=float(R))
-  first = lora_files.read(save(tmp_path / "in.safetensors", lora, "wan"), CONFIG)
+  lora = lr.torch_lora(alpha=float(R))
+  first = lora_files.read(lr.save(tmp_path / "in.safetensors", lora, "wan"), CONFIG)
   path = str(tmp_path / "out.safetensors")
   n = lora_files.write(path, first.adapters, fmt, alpha=first.alpha)
   assert n == len(lora) * (2 if fmt == "diffusers" else 3)
@@ -134,21 +77,21 @@ def test_write_then_read_is_exact(tmp_path, fmt):
 
 
 def test_alpha_is_kept_in_wan_files_and_folded_in_diffusers_files(tmp_path):
-  lora = torch_lora(("cross_attn/o",), alpha=8.0)
-  first = lora_files.read(save(tmp_path / "in.safetensors", lora, "wan"), CONFIG)
+  lora = lr.torch_lora(("cross_attn/o",), alpha=8.0)
+  first = lora_files.read(lr.save(tmp_path / "in.safetensors", lora, "wan"), CONFIG)
   for fmt in lora_files.FORMATS:
     path = str(tmp_path / f"{fmt}.safetensors")
     lora_files.write(path, first.adapters, fmt, alpha=first.alpha)
     got = lora_files.read(path, CONFIG)
     assert got.alpha == (8.0 if fmt == "wan" else R)
     np.testing.assert_allclose(
-      our_delta(got, "cross_attn/o", 1), delta(lora, "cross_attn/o", 1), rtol=1e-6
+      our_delta(got, "cross_attn/o", 1), lr.delta(lora, "cross_attn/o", 1), rtol=1e-6
     )
 
 
 def test_keys_that_match_nothing_are_one_error(tmp_path):
-  lora = torch_lora(("self_attn/q",))
-  path = save(tmp_path / "l.safetensors", lora, "wan")
+  lora = lr.torch_lora(("self_attn/q",))
+  path = lr.save(tmp_path / "l.safetensors", lora, "wan")
   state = dict(reader.read_safetensors(path))
   state["diffusion_model.head.head.lora_down.weight"] = np.zeros((R, D), np.float32)
   state["diffusion_model.blocks.0.self_attn.q.dora_scale"] = np.zeros((D,), np.float32)
@@ -162,13 +105,30 @@ def test_keys_that_match_nothing_are_one_error(tmp_path):
 
 def test_a_lora_for_another_architecture_is_one_error(tmp_path):
   wide = DiTConfig.from_config(tiny.get_config("size=wide").model)  # dim 64, 4 layers
-  path = save(tmp_path / "l.safetensors", torch_lora(), "diffusers")
+  path = lr.save(tmp_path / "l.safetensors", lr.torch_lora(), "diffusers")
   lora_files.read(path, CONFIG)  # fits the tiny model
   with pytest.raises(
     lora_files.LoraFileError,
     match=r"another architecture.*up \[32, 4\] vs the model's weight \[64, 64\]",
   ):
     lora_files.read(path, wide)
-  deeper = save(tmp_path / "d.safetensors", torch_lora(layers=(0, 2)), "wan")
+  deeper = lr.save(tmp_path / "d.safetensors", lr.torch_lora(layers=(0, 2)), "wan")
   with pytest.raises(lora_files.LoraFileError, match="layer 2.*the model has 2 layers"):
     lora_files.read(deeper, CONFIG)
+
+
+def test_parse_lora_flags(tmp_path):
+  path = str(tmp_path / "a:b.safetensors")  # a ':' in the name is not a scale
+  open(path, "wb").close()
+  both, one = lora_files.EXPERTS, ("low",)
+  assert lora_files.parse(path) == lora_files.Request(path, 1.0, both)
+  assert lora_files.parse(f"{path}:0.5") == lora_files.Request(path, 0.5, both)
+  assert lora_files.parse(f"low={path}:-1e-1") == lora_files.Request(path, -0.1, one)
+  for bad, match in (
+    (f"{path}:half", "the scale after ':' must be a number"),
+    (f"high={path}:inf", "the scale must be finite"),
+    (str(tmp_path / "none.safetensors"), "no file"),
+    (f"mid={tmp_path}/x.safetensors", "no file"),
+  ):
+    with pytest.raises(lora_files.LoraFileError, match=match):
+      lora_files.parse(bad)

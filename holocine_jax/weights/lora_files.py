@@ -18,15 +18,18 @@ leaves out), every module padded to the file's largest rank and its alpha / r fo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from holocine_jax.model.config import DiTConfig
-from holocine_jax.weights import diffusers_dit, keymap, reader, wan_dit, writer
+from holocine_jax.model import lora as lora_model
+from holocine_jax.model.config import BLOCK_LINEARS, DiTConfig
+from holocine_jax.weights import diffusers_dit, formats, keymap, reader, wan_dit, writer
 
 NAMINGS = ("diffusers", "wan", "musubi")
 FORMATS = ("diffusers", "wan")  # what `write` writes
@@ -97,17 +100,13 @@ def _listed(items: list[str], n: int = 5) -> str:
 
 
 def _linears(model: DiTConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
-  """{block Linear e.g. 'self_attn/q': (in dims, out dims) of its kernel [*in, *out]}; the
-  attention outputs `o` contract (heads, head_dim), every other Linear one dim."""
-  from holocine_jax.weights import formats  # formats imports the model; keep this module light
-
-  shapes, _ = formats.abstract("dit", dataclasses.replace(model, scan_layers=True))
+  """{block Linear e.g. 'self_attn/q': (in dims, out dims) of its kernel [*in, *out]}."""
+  plain = dataclasses.replace(lora_model.plain_config(model), scan_layers=True)
+  shapes, _ = formats.abstract("dit", plain)
   out = {}
-  for path, spec in _flat(shapes["blocks"]).items():
-    if path.endswith("/kernel"):
-      module = path.removesuffix("/kernel")
-      n_in = 2 if module.endswith("/o") else 1
-      out[module] = (tuple(spec.shape[1 : 1 + n_in]), tuple(spec.shape[1 + n_in :]))
+  for module, n_in in BLOCK_LINEARS.items():
+    shape = _flat(shapes["blocks"])[f"{module}/kernel"].shape[1:]
+    out[module] = (tuple(shape[:n_in]), tuple(shape[n_in:]))
   return out
 
 
@@ -202,7 +201,10 @@ def _check_shapes(path: str, modules, linears, num_layers: int) -> dict[tuple[st
 def read(path: str, model: DiTConfig) -> Lora:
   """The LoRA file `path` as our adapters for `model`; raises LoraFileError naming unknown keys
   or shapes that do not fit."""
-  tensors = reader.read_safetensors(path)
+  try:
+    tensors = reader.read_safetensors(path)
+  except reader.CheckpointReadError as e:
+    raise LoraFileError(str(e)) from None
   naming = detect(tensors)
   modules = _group(path, tensors, naming)
   dims = _check_shapes(path, modules, _linears(model), model.num_layers)
@@ -267,3 +269,79 @@ def write(path: str | None, adapters, fmt: str, alpha: float = 0.0, dtype=np.flo
   values = writer.source_values(items, lambda p, layer: (flat[p], layer), dtype)
   writer.write_safetensors(path, items, dtype, values)
   return len(items)
+
+
+EXPERTS = ("high", "low")
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+  """One `--lora [high=|low=]PATH[:SCALE]`: a file, its scale and the experts it applies to."""
+
+  path: str
+  scale: float
+  experts: tuple[str, ...]
+
+
+def parse(spec: str) -> Request:
+  """'PATH', 'PATH:SCALE', 'high=PATH[:SCALE]' or 'low=...' (a plain path: both experts);
+  raises LoraFileError naming `spec`."""
+  names, path = EXPERTS, spec
+  head, eq, tail = spec.partition("=")
+  if eq and head in EXPERTS:
+    names, path = (head,), tail
+  scale, (body, colon, tail) = 1.0, path.rpartition(":")
+  if colon and not os.path.isfile(path):
+    try:
+      scale, path = float(tail), body
+    except ValueError:
+      raise LoraFileError(f"{spec!r}: the scale after ':' must be a number") from None
+  if not math.isfinite(scale):
+    raise LoraFileError(f"{spec!r}: the scale must be finite")
+  if not os.path.isfile(path):
+    raise LoraFileError(f"{spec!r}: no file {path!r}")
+  return Request(os.path.abspath(path), scale, names)
+
+
+def load(requests, model: DiTConfig) -> tuple[tuple[Request, Lora], ...]:
+  """Every requested file read and checked against `model` (before anything is written)."""
+  return tuple((r, read(r.path, model)) for r in requests)
+
+
+def fingerprint(loaded) -> list[dict]:
+  """What the loaded LoRAs change in a model: contents (sha256), scale, experts, in order."""
+  return [dict(sha256=lora.sha256, scale=r.scale, experts=list(r.experts)) for r, lora in loaded]
+
+
+def serving(loaded, expert: str) -> tuple[tuple[Request, Lora], ...]:
+  return tuple((r, lora) for r, lora in loaded if expert in r.experts)
+
+
+def apply(params, loaded, model: DiTConfig, expert: str):
+  """`params` (a plain DiT param tree on devices) with every LoRA serving `expert` merged in
+  order (`lora.merge_adapters`), each under jit with the params donated: no second copy."""
+  for request, lora in serving(loaded, expert):
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    merge = functools.partial(
+      lora_model.merge_adapters, config=lora.config(model), scale=request.scale
+    )
+    params = jax.jit(merge, donate_argnums=0, out_shardings=shardings)(params, lora.adapters)
+  return params
+
+
+def apply_to_param(path: str, array, loaded, model: DiTConfig, expert: str):
+  """One parameter ('/'-joined path, e.g. 'blocks/self_attn/q/kernel') with the LoRAs serving
+  `expert` merged, for code that streams params one at a time (convert)."""
+  module = path.removeprefix("blocks/").removesuffix("/kernel")
+  hits = tuple(
+    (r, dataclasses.replace(lora, adapters={"blocks": _unflatten(_only(lora, module))}))
+    for r, lora in serving(loaded, expert)
+    if path.startswith("blocks/") and path.endswith("/kernel") and module in lora.targets
+  )
+  if not hits:
+    return array
+  return _flat(apply(_unflatten({path: array}), hits, model, expert))[path]
+
+
+def _only(lora: Lora, module: str) -> dict:
+  return {k: v for k, v in _flat(lora.adapters["blocks"]).items() if k.rsplit("/", 1)[0] == module}
