@@ -1,7 +1,8 @@
 """LoRA parity with diffusers (fp32, tiny Wan DiT), both ways: a LoRA we write, loaded by
-diffusers onto the same base, gives our forward with the adapters; a LoRA in diffusers/peft or
-original (ComfyUI) names, merged by our `--lora` path, gives diffusers' forward after
-`load_lora_weights` at scale 1 and 0.5. Then `sample --lora` end to end on a converted folder."""
+diffusers onto the same base, gives our forward with the adapters; a LoRA in diffusers/peft,
+original (ComfyUI) or musubi-tuner names, merged by our `--lora` path, gives diffusers' forward
+after `load_lora_weights` at scale 1 and 0.5. Then `sample --lora` end to end on a converted
+folder, and `convert --lora`."""
 
 import dataclasses
 import functools
@@ -130,7 +131,7 @@ def test_diffusers_loads_the_lora_we_write(tmp_path, fmt):
     assert support.rel_err(ours, ref.run(torch_model, *_inputs())) < 1e-5
 
 
-@pytest.mark.parametrize("naming", ["diffusers", "wan"])
+@pytest.mark.parametrize("naming", ["diffusers", "wan", "musubi"])
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 def test_our_lora_path_matches_diffusers(tmp_path, naming, scale):
   torch_model = ref.tiny_wan(0)
