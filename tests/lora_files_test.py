@@ -8,7 +8,7 @@ from safetensors.numpy import save_file
 
 from configs import tiny
 from holocine_jax.model.config import DiTConfig
-from holocine_jax.weights import lora_files, reader
+from holocine_jax.weights import formats, lora_files, reader
 from tests import lora_reference as lr
 
 CONFIG = DiTConfig.from_config(tiny.get_config("").model)  # dim 32, 2 heads, ffn 64, 2 layers
@@ -132,3 +132,31 @@ def test_parse_lora_flags(tmp_path):
   ):
     with pytest.raises(lora_files.LoraFileError, match=match):
       lora_files.parse(bad)
+
+
+def test_unrolled_models_write_and_merge_as_scanned(tmp_path):
+  got = lora_files.read(
+    lr.save(tmp_path / "in.safetensors", lr.torch_lora(alpha=2.0), "wan"), CONFIG
+  )
+  unrolled = lora_files._unrolled(got.adapters)
+  assert sorted(unrolled) == ["blocks_0", "blocks_1"]
+  for name, adapters in (("s", got.adapters), ("u", unrolled)):
+    lora_files.write(str(tmp_path / f"{name}.safetensors"), adapters, "wan", alpha=got.alpha)
+  assert (tmp_path / "s.safetensors").read_bytes() == (tmp_path / "u.safetensors").read_bytes()
+  shapes, _ = formats.abstract("dit", CONFIG)
+  rng = np.random.RandomState(0)
+  params = jax.tree.map(lambda s: rng.randn(*s.shape).astype(np.float32), shapes)
+  flat = {k: v for k, v in params.items() if k != "blocks"}
+  flat.update(
+    {f"blocks_{i}": jax.tree.map(lambda x, i=i: x[i], params["blocks"]) for i in range(2)}
+  )
+  loaded = lora_files.load([lora_files.parse(f"{tmp_path}/in.safetensors:0.5")], CONFIG)
+  want = lora_files.apply(jax.device_put(params), loaded, CONFIG, "low")
+  got_u = lora_files.apply(jax.device_put(flat), loaded, CONFIG, "low")
+  for i in range(2):
+    jax.tree.map(
+      lambda a, b, i=i: np.testing.assert_array_equal(np.asarray(a)[i], b),
+      want["blocks"],
+      jax.device_get(got_u[f"blocks_{i}"]),
+    )
+  assert not np.allclose(want["blocks"]["ffn_in"]["kernel"], params["blocks"]["ffn_in"]["kernel"])

@@ -250,13 +250,13 @@ def _torch_shape(path: str, spec) -> tuple[int, ...]:
 
 
 def write(path: str | None, adapters, fmt: str, alpha: float = 0.0, dtype=np.float32) -> int:
-  """Writes adapters ({'blocks': {module: {'lora_a', 'lora_b'}}}, scanned, jax or numpy; alpha
+  """Writes adapters ({'blocks': {module: {'lora_a', 'lora_b'}}} or unrolled, jax or numpy; alpha
   0: the rank) as one safetensors file in `fmt` names: 'diffusers' (peft names, alpha / r folded
   into lora_B) or 'wan' (original names with `diffusion_model.`, lora_down / lora_up / alpha).
   A None `path` only takes part in the gathers. Returns the number of tensors."""
   if fmt not in FORMATS:
     raise ValueError(f"unknown LoRA format {fmt!r}; known: {', '.join(FORMATS)}")
-  flat = {f"blocks/{k}": jnp.asarray(v) for k, v in _flat(adapters["blocks"]).items()}
+  flat = {f"blocks/{k}": jnp.asarray(v) for k, v in _flat(scanned(adapters)["blocks"]).items()}
   rank = next(v.shape[-1] for k, v in flat.items() if k.endswith("/lora_a"))
   alpha = alpha or rank
   if fmt == "diffusers" and alpha != rank:
@@ -325,8 +325,25 @@ def apply(params, loaded, model: DiTConfig, expert: str):
     merge = functools.partial(
       lora_model.merge_adapters, config=lora.config(model), scale=request.scale
     )
-    params = jax.jit(merge, donate_argnums=0, out_shardings=shardings)(params, lora.adapters)
+    adapters = lora.adapters if "blocks" in params else _unrolled(lora.adapters)
+    params = jax.jit(merge, donate_argnums=0, out_shardings=shardings)(params, adapters)
   return params
+
+
+def _unrolled(adapters: dict) -> dict:
+  """Scanned adapters {'blocks': [layers, ...]} as an unrolled model's {'blocks_<i>': ...}."""
+  layers = jax.tree.leaves(adapters["blocks"])[0].shape[0]
+  return {
+    f"blocks_{i}": jax.tree.map(lambda x, i=i: x[i], adapters["blocks"]) for i in range(layers)
+  }
+
+
+def scanned(adapters: dict) -> dict:
+  """Adapters of a scanned ({'blocks': ...}) or unrolled ({'blocks_<i>': ...}) model, scanned."""
+  if "blocks" in adapters:
+    return adapters
+  layers = sorted((k for k in adapters if k.startswith("blocks_")), key=lambda k: int(k[7:]))
+  return {"blocks": jax.tree.map(lambda *xs: jnp.stack(xs), *(adapters[k] for k in layers))}
 
 
 def apply_to_param(path: str, array, loaded, model: DiTConfig, expert: str):
