@@ -46,11 +46,11 @@ def save(path, lora, naming):
     elif naming == "musubi":
       base = f"lora_unet_blocks_{i}_{original.replace('.', '_')}"
       names = ("lora_down.weight", "lora_up.weight")
-    else:
-      base = f"diffusion_model.blocks.{i}.{original}"
+    else:  # wan; wan_ab: lora_A / lora_B; wan_bare: no `diffusion_model.` (DiffSynth-Studio)
+      base = f"{'' if naming == 'wan_bare' else 'diffusion_model.'}blocks.{i}.{original}"
       names = (
         ("lora_A.weight", "lora_B.weight")
-        if naming == "wan_ab"
+        if naming in ("wan_ab", "wan_bare")
         else ("lora_down.weight", "lora_up.weight")
       )
     state[f"{base}.{names[0]}"], state[f"{base}.{names[1]}"] = down, up

@@ -4,7 +4,7 @@ A LoRA file names each adapted Linear by its base weight key with the `.weight` 
   diffusers / peft  `transformer.blocks.0.attn1.to_q.lora_A.weight` [r, in], `.lora_B.weight`
                     [out, r] (the `transformer.` prefix optional; alpha folded into the weights)
   wan (ComfyUI)     `diffusion_model.blocks.0.self_attn.q.lora_down.weight`, `.lora_up.weight`
-                    (or lora_A / lora_B) and `.alpha`, a scalar
+                    (or lora_A / lora_B; the prefix optional) and `.alpha`, a scalar
   musubi            `lora_unet_blocks_0_self_attn_q.lora_down.weight`, `.lora_up.weight`, `.alpha`
 (diffusers reads all three: `WanLoraLoaderMixin.lora_state_dict`). The update of a Linear is
 scale * (alpha / r) * up @ down, alpha = r when absent. LoRA key rules are derived from the base
@@ -37,7 +37,7 @@ _BASE_RULES = {"diffusers": diffusers_dit.RULES, "wan": wan_dit.RULES, "musubi":
 # naming -> (key prefix read, key prefix written)
 _PREFIX = {
   "diffusers": (r"(?:transformer\.)?", r"transformer\."),
-  "wan": (r"diffusion_model\.", r"diffusion_model\."),
+  "wan": (r"(?:diffusion_model\.)?", r"diffusion_model\."),
   "musubi": (r"lora_unet_", r"lora_unet_"),
 }
 # our leaf -> (key suffix read, key suffix written per naming)
