@@ -61,7 +61,8 @@ def _config(name, attention, remat):
   return config
 
 
-def _batch(config, mesh):
+def synthetic_batch(config, mesh):
+  """(global batch of the first samples of the synthetic data, its shardings) on `mesh`."""
   source = synthetic.SyntheticSource.from_config(config.data, config.model)
   b = config.train.global_batch
   host = records.collate(
@@ -91,14 +92,14 @@ def step_row(name, attention, remat, repeats=3):
   tx, schedule = state.optimizer(config.train)
   host_state, shardings = _initial_state(name, mesh)  # the same for every attention and remat
   train_state = jax.device_put(host_state, shardings)
-  batch, batch_shardings = _batch(config, mesh)
+  batch, batch_shardings = synthetic_batch(config, mesh)
   step = step_lib.make_train_step(
     model, tx, schedule, loss_lib.FlowMatching(), seed=0, mesh=mesh, rules=config.logical_rules,
     state_shardings=shardings, batch_shardings=batch_shardings,
   )  # fmt: skip
   with sharding.activate(mesh, config.logical_rules):
     t0 = time.perf_counter()
-    compiled = step.jitted.lower(train_state, batch).compile()
+    compiled = step.jitted.lower(train_state, {}, batch).compile()
     compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   peak = (
@@ -107,12 +108,12 @@ def step_row(name, attention, remat, repeats=3):
     + mem.temp_size_in_bytes
     - mem.alias_size_in_bytes
   )
-  train_state, metrics = step(train_state, batch)
+  train_state, metrics = step(train_state, {}, batch)
   jax.block_until_ready(metrics)
   times = []
   for _ in range(repeats):
     t0 = time.perf_counter()
-    train_state, metrics = step(train_state, batch)
+    train_state, metrics = step(train_state, {}, batch)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   tokens = batch["shots"].shot_id_BxL.size

@@ -100,10 +100,12 @@ def exit_code(result) -> int:
 def main(argv=None) -> int:
   args = parse_args(argv)
   config = config_file.load(args.config, args.set)
-  from holocine_jax.training import loop
+  from holocine_jax.model.config import DiTConfig
+  from holocine_jax.training import init_from, loop
 
   loop.check_config(config)
   initialize_distributed(config.distributed)
+  init_from.resolve(config, args.workdir, DiTConfig.from_config(config.model))  # before writing
   config_json = json.loads(config.to_json_best_effort())
   path = os.path.join(args.workdir, "config.json")
   if os.path.exists(path):

@@ -41,7 +41,11 @@ def test_bad_override_values_name_the_key(text, current, match):
     ("train.num_steps=abc", "config train.num_steps='abc': expected an integer"),
     ("train.num_steps=-5", "train.num_steps must be an integer >= 1, got -5"),
     ("train.global_batch=0", "train.global_batch must be an integer >= 1, got 0"),
-    ("train.learning_rate=nan", "train.learning_rate must be a finite number > 0, got nan"),
+    ("train.learning_rate=nan", "train.learning_rate must be a finite number >= 0 .*, got nan"),
+    (
+      "train.learning_rate=-1e-4",
+      "train.learning_rate must be a finite number >= 0 .*, got -0.0001",
+    ),
   ],
 )
 def test_train_refuses_settings_that_cannot_run(tmp_path, monkeypatch, override, match):

@@ -205,3 +205,80 @@ def save_sharded(state, folder, name, shards=2):
     weight_map.update(dict.fromkeys(part, file))
   with open(os.path.join(folder, f"{name}.safetensors.index.json"), "w") as f:
     json.dump({"metadata": {}, "weight_map": weight_map}, f)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training from weights (train.init_from).
+
+
+def write_converted(folder, model, experts=("high", "low"), seed=100) -> dict:
+  """A converted folder as `holocine_jax.convert` writes it (one orbax checkpoint per expert and
+  convert.json) holding random experts of the DiTConfig `model`; returns {expert: params}."""
+  import dataclasses
+
+  import jax
+  from orbax.checkpoint.experimental import v1 as ocp
+
+  from holocine_jax import sharding
+  from holocine_jax.model import dit
+  from holocine_jax.weights import store
+
+  mesh = sharding.make_mesh({"fsdp": -1})
+  params = {}
+  for i, name in enumerate(experts):
+    key = jax.random.key(seed + i)
+    init = dit.init_fn(model)
+    params[name], _ = sharding.init_sharded(init, mesh, sharding.DEFAULT_LOGICAL_RULES, key)
+    ocp.save_pytree(os.path.join(folder, name), params[name])
+  entry = dict(kind="dit", config=dataclasses.asdict(model))
+  with open(os.path.join(folder, store.RECORD), "w") as f:
+    json.dump(dict(format="diffusers", components=dict.fromkeys(experts, entry)), f)
+  return params
+
+
+def train_in(config, workdir, **kwargs):
+  """loop.train with the workdir's config.json written first, as `holocine_jax.train` does."""
+  from holocine_jax.training import loop
+  from holocine_jax.weights import store
+
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, store.CONFIG), "w") as f:
+    f.write(config.to_json_best_effort())
+  return loop.train(config, workdir, **kwargs)
+
+
+def run_steps(
+  config, mesh, model, train_state, shardings, num_steps, base=None, base_shardings=None
+):
+  """`num_steps` jitted train steps on the synthetic data from `train_state` (on a LoRA `base`);
+  returns (state, losses, last batch)."""
+  from holocine_jax.training import global_batch, loop, pipeline, state
+  from holocine_jax.training import loss as loss_lib
+  from holocine_jax.training import step as step_lib
+
+  rules = config.logical_rules
+  tx, schedule = state.optimizer(config.train)
+  source, shapes = loop.open_source(config)
+  rows = global_batch.host_rows(mesh, rules, config.train.global_batch)
+  iterator = iter(pipeline.from_config(source, shapes, config, rows))
+  host = next(iterator)
+  batch_shardings = global_batch.shardings(host, mesh, rules)
+  step = step_lib.make_train_step(
+    model,
+    tx,
+    schedule,
+    loss_lib.FlowMatching.from_config(config.train),
+    seed=0,
+    mesh=mesh,
+    rules=rules,
+    state_shardings=shardings,
+    batch_shardings=batch_shardings,
+    base_shardings=base_shardings,
+  )
+  losses = []
+  for _ in range(num_steps):
+    batch = global_batch.to_global(host, batch_shardings, config.train.global_batch, rows)
+    train_state, metrics = step(train_state, base or {}, batch)
+    losses.append(float(metrics["loss"]))
+    host = next(iterator)
+  return train_state, losses, batch

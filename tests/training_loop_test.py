@@ -8,9 +8,8 @@ from configs import tiny
 from holocine_jax import sharding
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
-from holocine_jax.training import global_batch, loop, pipeline, state, synthetic
-from holocine_jax.training import loss as loss_lib
-from holocine_jax.training import step as step_lib
+from holocine_jax.training import loop, state
+from tests import support
 
 
 def _config(arg=""):
@@ -34,33 +33,9 @@ def test_loss_decreases_on_synthetic_data(tmp_path):
 
 def _state_after_steps(config, mesh, num_steps):
   model = WanDiT(DiTConfig.from_config(config.model))
-  tx, schedule = state.optimizer(config.train)
-  rules = config.logical_rules
-  source = synthetic.SyntheticSource.from_config(config.data, config.model)
-  shapes = [source.latent_shape(i) for i in range(len(source))]
-  rows = global_batch.host_rows(mesh, rules, config.train.global_batch)
-  iterator = iter(pipeline.from_config(source, shapes, config, rows))
-  train_state, shardings = state.create(model, tx, mesh, rules, jax.random.key(0))
-  host = next(iterator)
-  batch_shardings = global_batch.shardings(host, mesh, rules)
-  step = step_lib.make_train_step(
-    model,
-    tx,
-    schedule,
-    loss_lib.FlowMatching.from_config(config.train),
-    seed=0,
-    mesh=mesh,
-    rules=rules,
-    state_shardings=shardings,
-    batch_shardings=batch_shardings,
-  )
-  losses = []
-  for _ in range(num_steps):
-    batch = global_batch.to_global(host, batch_shardings, config.train.global_batch, rows)
-    train_state, metrics = step(train_state, batch)
-    losses.append(float(metrics["loss"]))
-    host = next(iterator)
-  return train_state, losses, batch
+  tx, _ = state.optimizer(config.train)
+  train_state, shardings = state.create(model, tx, mesh, config.logical_rules, jax.random.key(0))
+  return support.run_steps(config, mesh, model, train_state, shardings, num_steps)
 
 
 def test_fsdp4_context2_step_matches_single_device():

@@ -71,16 +71,19 @@ class Linear(nn.Module):
       return self.param("kernel", param_init(init, axes), shape, self.param_dtype).astype(
         self.dtype
       )
-    # Init draws one float kernel and stores its quantization (codes and scale agree).
+    # Init draws one float kernel and stores its quantization (codes and scale agree); in apply
+    # flax still traces the init for its shape check: zeros of the shape then.
     drawn = None
     if self.is_initializing():
       drawn = quant.quantize(init(self.make_rng("params"), shape, jnp.float32), self.quant, n_in)
-    codes = self.param(
-      "kernel", param_init(lambda *_: drawn[0], axes), shape, quant.code_dtype(self.quant)
-    )
+
+    def stored(i):
+      return lambda _, s, d: jnp.zeros(s, d) if drawn is None else drawn[i]
+
+    codes = self.param("kernel", param_init(stored(0), axes), shape, quant.code_dtype(self.quant))
     scale = self.param(
       "kernel_scale",
-      param_init(lambda *_: drawn[1], quant.scale_axes(self.quant, self.in_axes, self.out_axes)),
+      param_init(stored(1), quant.scale_axes(self.quant, self.in_axes, self.out_axes)),
       quant.scale_shape(self.quant, shape, n_in),
       jnp.float32,
     )

@@ -233,6 +233,7 @@ def _train(config, request, mesh, rules, b, num_layers):
   with sharding.activate(mesh, rules):
     boxed = jax.eval_shape(state.init_fn(model, tx), key)
   state_shardings = meta.unbox(sharding.shardings_for(boxed, mesh, rules))
+  base, base_shardings = state.base_abstract(model, mesh, rules)
   grid, lay, record = _record(request, model.config)
   one = records.collate(
     [record],
@@ -256,9 +257,11 @@ def _train(config, request, mesh, rules, b, num_layers):
     rules=rules,
     state_shardings=state_shardings,
     batch_shardings=batch_shardings,
+    base_shardings=base_shardings,
   )
   args = (
     _abstract(meta.unbox(boxed), state_shardings),
+    _abstract(base, base_shardings),  # a LoRA step's frozen base ({}: a full fine-tune)
     _abstract(host_batch, batch_shardings),
   )
   return Program(

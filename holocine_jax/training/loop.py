@@ -6,6 +6,9 @@ every `checkpoint_every` steps, at the end, and at a preemption notice (jax's pr
 point, or SIGTERM on any process: with several processes the flag is all-gathered every step);
 the result then says `preempted`. With `sample_every`, a few scenes are sampled from the current
 params between steps (samples.py). Nonsensical `train` settings are refused before anything runs.
+A new run starts from `train.init_from` (init_from.py) or a random init; with LoRA
+(model.lora_rank > 0) the trained state holds the adapters only and the loop holds the frozen
+base it rebuilds from init_from (never checkpointed), passing it to every step.
 """
 
 import dataclasses
@@ -19,7 +22,15 @@ import numpy as np
 from holocine_jax import sharding
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
-from holocine_jax.training import checkpoint, global_batch, pipeline, samples, state, synthetic
+from holocine_jax.training import (
+  checkpoint,
+  global_batch,
+  init_from,
+  pipeline,
+  samples,
+  state,
+  synthetic,
+)
 from holocine_jax.training import loss as loss_lib
 from holocine_jax.training import metrics as metrics_lib
 from holocine_jax.training import step as step_lib
@@ -47,8 +58,9 @@ def check_config(config) -> None:
   ]
   if isinstance(t.warmup_steps, bool) or not isinstance(t.warmup_steps, int) or t.warmup_steps < 0:
     bad.append(f"train.warmup_steps must be an integer >= 0, got {t.warmup_steps!r}")
-  if not (isinstance(t.learning_rate, (int, float)) and 0 < t.learning_rate < math.inf):
-    bad.append(f"train.learning_rate must be a finite number > 0, got {t.learning_rate!r}")
+  lr = t.learning_rate
+  if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and 0 <= lr < math.inf):
+    bad.append(f"train.learning_rate must be a finite number >= 0 (0: frozen), got {lr!r}")
   bad += samples.check_config(config)
   if bad:
     raise ValueError("; ".join(bad))
@@ -77,6 +89,7 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
   mesh = sharding.make_mesh(config.mesh)
   rules = config.logical_rules
   model = WanDiT(DiTConfig.from_config(config.model))
+  init = init_from.resolve(config, workdir, model.config)  # refused before anything is written
   tx, schedule = state.optimizer(train_cfg)
   fm = loss_lib.FlowMatching.from_config(train_cfg)
   sampler = samples.Samples(config, workdir) if train_cfg.sample_every else None
@@ -84,18 +97,24 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
   source, shapes = open_source(config)
   rows = global_batch.host_rows(mesh, rules, train_cfg.global_batch)
   iterator = iter(pipeline.from_config(source, shapes, config, rows))
-  train_state, state_shardings = state.create(
-    model, tx, mesh, rules, jax.random.key(train_cfg.seed)
-  )
+  key = jax.random.key(train_cfg.seed)
+  abstract_state, state_shardings = state.abstract(model, tx, mesh, rules, key)
+  base, base_shardings, base_fingerprint = {}, {}, ""  # a LoRA run's frozen base
+  if model.config.lora_rank:
+    base, base_shardings, base_fingerprint = init_from.lora_base(
+      init, model.config, mesh, rules, workdir
+    )
 
   ckpt = checkpoint.Checkpointer(
     os.path.join(os.fspath(workdir), "checkpoints"),
     keep=train_cfg.keep_checkpoints,
     async_save=train_cfg.async_checkpoint,
   )
-  restored = ckpt.restore_latest(train_state, state_shardings, iterator)
-  if restored is not None:
-    train_state = restored
+  train_state = ckpt.restore_latest(abstract_state, state_shardings, iterator)
+  if train_state is None:
+    train_state = init_from.start(
+      init, model, tx, mesh, rules, key, state_shardings, workdir, base_fingerprint
+    )
   start = int(jax.device_get(train_state.step))
 
   writer = metrics_lib.MetricWriter(
@@ -139,9 +158,10 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
             rules=rules,
             state_shardings=state_shardings,
             batch_shardings=batch_shardings,
+            base_shardings=base_shardings,
           )
         batch = global_batch.to_global(host_batch, batch_shardings, train_cfg.global_batch, rows)
-        train_state, device_metrics = step_fns[bucket](train_state, batch)
+        train_state, device_metrics = step_fns[bucket](train_state, base, batch)
         if pending is not None:
           report(*pending)
         pending = (done, device_metrics)
@@ -152,7 +172,7 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
           pending = None
           ckpt.save(done, train_state, iterator)
         if sampler is not None and not preempted and sampler.due(done):
-          sampler(done, train_state.params, writer)
+          sampler(done, train_state.params, writer, base)
         if on_step is not None:
           on_step(done, train_state, device_metrics)
         if preempted:

@@ -14,14 +14,17 @@ them); only process 0 writes. A failed scene (non-finite output) is logged and t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
 
 import jax
+import ml_collections
 
 from holocine_jax import sample, sharding
 from holocine_jax.evaluation import contact_sheet
+from holocine_jax.model import lora
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.sampling import generator, job, requests, video_io
 from holocine_jax.training import metrics
@@ -85,6 +88,12 @@ class Samples:
       raise ValueError(
         f"train.sample_every writes videos with local file I/O; workdir {workdir} is not local"
       )
+    model = DiTConfig.from_config(config.model)
+    self.lora = model if model.lora_rank else None  # LoRA: sample the merged params
+    if self.lora is not None:
+      config = ml_collections.ConfigDict(config.to_dict())
+      config.model.update(lora_rank=0, lora_base="bf16")
+      self._merge = jax.jit(functools.partial(lora.merge_adapters, config=model))
     self.config = config
     self.workdir = os.path.abspath(workdir)
     self.items = read_scenes(config)
@@ -107,15 +116,18 @@ class Samples:
   def out_dir(self, step: int) -> str:
     return os.path.join(self.workdir, "samples", f"step_{step}")
 
-  def __call__(self, step: int, params, writer: metrics.MetricWriter) -> job.JobReport:
-    """Samples every scene at `step` with `params` ({'params': ...}) into `out_dir(step)`,
-    logging through `writer`."""
+  def __call__(self, step: int, params, writer: metrics.MetricWriter, base=None) -> job.JobReport:
+    """Samples every scene at `step` with `params` ({'params': ...}; a LoRA run's adapters,
+    merged into its frozen `base`) into `out_dir(step)`, logging through `writer`."""
     start = time.perf_counter()
+    if self.lora is not None:
+      params = {"params": self._merge(base["params"], params["params"])}
     out = self.out_dir(step)
     expert = self.config.train.expert
     experts = (store.EXPERTS if expert == "all" else (expert,),)
     model = DiTConfig.from_config(self.config.model)
-    weights = store.Source(self.workdir, "training", model, step, experts)  # as its checkpoint
+    # as its checkpoint
+    weights = store.Source(self.workdir, "training", model, step, experts, self.lora)
     report = job.run(
       self.items,
       lambda: self._generate(params),

@@ -1,4 +1,5 @@
-"""The jitted train step: loss, gradients, AdamW update, with explicit shardings and donation."""
+"""The jitted train step: loss, gradients, AdamW update (of all params, or of LoRA adapters on
+a frozen base), with explicit shardings and donation."""
 
 import jax
 import optax
@@ -6,6 +7,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from holocine_jax import sharding
+from holocine_jax.model import lora
 from holocine_jax.training import loss as loss_lib
 from holocine_jax.training.state import TrainState
 
@@ -21,15 +23,19 @@ def make_train_step(
   rules,
   state_shardings,
   batch_shardings,
+  base_shardings=None,
 ):
-  """step(state, batch) -> (state, metrics); the noise key is fold_in(key(seed), step)."""
+  """step(state, base, batch) -> (state, metrics); the noise key is fold_in(key(seed), step).
+  `base` is {} for a full fine-tune, or a LoRA run's frozen base ({'params': ...}, never
+  donated, no gradient) that the adapters in `state.params` are merged into."""
   replicated = NamedSharding(mesh, P())
 
-  def step(state: TrainState, batch):
+  def step(state: TrainState, base, batch):
     key = jax.random.fold_in(jax.random.key(seed), state.step)
 
     def loss_fn(params):
-      return loss_lib.flow_matching_loss(model.apply, params, batch, key, fm)
+      variables = lora.merge(base, params) if base else params
+      return loss_lib.flow_matching_loss(model.apply, variables, batch, key, fm)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -44,14 +50,14 @@ def make_train_step(
 
   jitted = jax.jit(
     step,
-    in_shardings=(state_shardings, batch_shardings),
+    in_shardings=(state_shardings, base_shardings or {}, batch_shardings),
     out_shardings=(state_shardings, replicated),
     donate_argnums=(0,),
   )
 
-  def run(state, batch):
+  def run(state, base, batch):
     with sharding.activate(mesh, rules):
-      return jitted(state, batch)
+      return jitted(state, base, batch)
 
   run.jitted = jitted
   return run
