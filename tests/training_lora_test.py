@@ -1,6 +1,7 @@
 """LoRA training: steps leave the frozen base bit-identical and optimize the adapters only, the
 toy loss falls on bf16 / int8 / nf4 bases, a resumed run equals the straight one bit for bit,
-checkpoints hold adapters only, and a LoRA workdir loads as merged plain params."""
+checkpoints hold adapters only, a LoRA workdir loads as merged plain params; no base, or a base
+that changed since the run started, is one error."""
 
 import json
 
@@ -14,7 +15,7 @@ from holocine_jax import sharding
 from holocine_jax.model import lora
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
-from holocine_jax.training import init_from, state
+from holocine_jax.training import init_from, loop, state
 from holocine_jax.weights import store
 from tests import support
 
@@ -123,3 +124,22 @@ def test_resumed_run_equals_the_straight_one_and_loads_merged(converted, tmp_pat
     np.asarray(flat_merged[("patch_embedding", "kernel")]),
     np.asarray(flat_base[("patch_embedding", "kernel")]),
   )
+
+
+def test_lora_needs_a_base(tmp_path):
+  with pytest.raises(ValueError, match="model.lora_rank=4 trains adapters on a frozen base: set "):
+    loop.train(_config(), tmp_path)
+  assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_a_changed_base_is_one_error_naming_both_fingerprints(converted, tmp_path):
+  config = _config("lora_base=int8", init_from=converted)
+  model = DiTConfig.from_config(config.model)
+  init = init_from.resolve(config, tmp_path, model)
+  init_from.write_record(tmp_path, init, "0123456789abcdef")  # as if started from other weights
+  before = sorted(tmp_path.rglob("*"))
+  with pytest.raises(ValueError, match=r"now holds other weights \(fingerprint [0-9a-f]{16}\) .*"
+                     r"\(0123456789abcdef\)"):  # fmt: skip
+    loop.train(config, tmp_path)
+  assert sorted(tmp_path.rglob("*")) == before
