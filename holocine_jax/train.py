@@ -3,12 +3,16 @@
   python -m holocine_jax.train --config configs/tiny.py --workdir /tmp/holocine_tiny
   python -m holocine_jax.train --config configs/tiny.py:attention=sparse,steps=400 \
       --workdir /tmp/t --set train.log_every=20 --set mesh.fsdp=2
+  python -m holocine_jax.train --config configs/holocine_a14b.py:attention=sparse,lora=64 \
+      --workdir /data/lora_high --set train.init_from=/data/converted --set train.expert=high
 
 Re-running with the same workdir resumes from its newest checkpoint (same data stream). With
 `distributed.initialize=True` (TPU VMs: see launch/), every host runs this same command.
 `workdir/config.json` keeps the config of the run; a rerun compares its config first and refuses
 changes that break the resume (model, data stream, batch, training seed: `FIXED`) naming the
 keys, unless `--allow_config_change`; other changes (steps, learning rate, mesh) are printed.
+`train.init_from` starts a new run from a converted folder or another workdir (full, or LoRA with
+`lora=RANK`): see training/init_from.py; a rerun must name the same source.
 Exit codes: 0 trained to `train.num_steps`; 143 (128 + SIGTERM) stopped at a preemption notice
 after saving (rerun to resume); 1 an error.
 """
