@@ -114,6 +114,38 @@ def classify(latent_rgb_FxHxWx3: np.ndarray, channels: int = CHANNELS) -> dict:
   return dict(background=background, colour=colour, shape=int(shape), motion=int(motion))
 
 
+def exact_x0(xt_FxHxWxC: np.ndarray, sigma: float, scene: scene_lib.Scene, *, per_frame=False):
+  """E[x0 | x = (1 - sigma) x0 + sigma noise] of a synthetic scene whose captions are known: per
+  shot, the posterior mean over the object's start on the scorer's subpixel grid. `per_frame`:
+  every frame's position independent, the best denoiser that ignores temporal coherence. It
+  drives the sampler in place of a DiT (a check of schedule, preview and scorer) and gives the
+  toy task's loss floors."""
+  f, h, w, c = xt_FxHxWxC.shape
+  bg_C = synthetic.background_vector(
+    synthetic.BACKGROUNDS[_word(synthetic.BACKGROUNDS, scene.global_caption)], c
+  )
+  a = 1.0 - sigma
+  bounds = scene.latent_bounds()
+  out = []
+  for caption, lo, hi in zip(scene.shot_captions, bounds, bounds[1:], strict=False):
+    colour, shape, motion = parse_shot(caption)
+    colour_C = toy_text.word_vector(synthetic.COLOURS[colour], c).astype(np.float64)
+    m_PxFxHxW = _masks(hi - lo, h, w).reshape(
+      len(synthetic.SHAPES), len(MOTIONS), -1, hi - lo, h, w
+    )
+    m_PxFxHxW = m_PxFxHxW[shape, motion]
+    e_FxHxW = (xt_FxHxWxC[lo:hi].astype(np.float64) - a * bg_C) @ colour_C
+    fit_PxF = a * np.einsum("pfhw,fhw->pf", m_PxFxHxW, e_FxHxW)
+    logp_PxF = (fit_PxF - 0.5 * a * a * (colour_C @ colour_C) * m_PxFxHxW.sum((2, 3))) / sigma**2
+    if not per_frame:
+      logp_PxF = logp_PxF.sum(1, keepdims=True)
+    p_PxF = np.exp(logp_PxF - logp_PxF.max(0))
+    p_PxF /= p_PxF.sum(0)
+    cover_FxHxW = np.einsum("pf,pfhw->fhw", np.broadcast_to(p_PxF, m_PxFxHxW.shape[:2]), m_PxFxHxW)
+    out.append(bg_C + cover_FxHxW[..., None] * colour_C)
+  return np.concatenate(out)
+
+
 def detect_cuts(frames_TxHxWx3: np.ndarray, channels: int = CHANNELS) -> list[int]:
   """First video frames of new shots: where the best single-frame fit (`classify`) of a latent
   frame differs from the previous one's in what captions name and one frame shows (background,
