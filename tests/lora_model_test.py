@@ -32,7 +32,14 @@ def _inputs():
 
 def _init(config: DiTConfig, seed=0):
   """Plain (unboxed) params of `config`."""
-  return meta.unbox(dit.init_fn(config)(jax.random.key(seed)))
+  init = jax.jit(dit.init_fn(config), compiler_options=support.FAST_COMPILE)
+  return meta.unbox(init(jax.random.key(seed)))
+
+
+def _forward(config: DiTConfig, params):
+  """The DiT of `config` on `params` (jitted) for the test inputs."""
+  apply = lambda p, *inputs: WanDiT(config).apply({"params": p}, *inputs)
+  return jax.jit(apply, compiler_options=support.FAST_COMPILE)(params, *_inputs())
 
 
 def _random_adapters(adapters, seed=1):
@@ -57,8 +64,8 @@ def test_zero_adapters_are_the_base_model(scan):
   assert all(
     not np.any(b) for p, b in traverse_util.flatten_dict(adapters).items() if p[-1] == "lora_b"
   )
-  out = WanDiT(config).apply({"params": params}, *_inputs())
-  want = WanDiT(lora.plain_config(config)).apply({"params": base}, *_inputs())
+  out = _forward(config, params)
+  want = _forward(lora.plain_config(config), base)
   np.testing.assert_array_equal(out, want)
 
 
@@ -67,11 +74,12 @@ def test_adapters_equal_their_merged_weights(scan):
   config = _config(scan_layers=scan, lora_alpha=6.0)
   base, adapters = lora.split(_init(config))
   adapters = _random_adapters(adapters)
-  out = WanDiT(config).apply({"params": lora.merge(base, adapters)}, *_inputs())
+  out = _forward(config, lora.merge(base, adapters))
   merged = jax.jit(lora.merge_adapters, static_argnums=2)(_f32(base), adapters, config)
-  want = WanDiT(lora.plain_config(config)).apply({"params": merged}, *_inputs())
-  base_out = WanDiT(lora.plain_config(config)).apply({"params": base}, *_inputs())
-  assert support.rel_err(out, base_out) > 1e-2  # the adapters matter
+  want = _forward(lora.plain_config(config), merged)
+  blocks = "blocks" if scan else "blocks_0"
+  ffn_in = [tree[blocks]["ffn_in"]["kernel"] for tree in (merged, base)]
+  assert support.rel_err(*ffn_in) > 1e-2  # the adapters matter
   assert support.rel_err(out, want) < 1e-5
 
 
