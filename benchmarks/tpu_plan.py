@@ -16,6 +16,12 @@ plan pins it, fit = peak per chip <= 80% of the chip's usable HBM. Plans:
              scene + the negative prompt) on one v5p chip
   v5e-train  A14B sparse training on 16 GB v5e chips: slices from the smallest up, with the
              config's rules and with FSDP over the context axis too
+  lora-v5p   the LoRA train step (rank 64, frozen bf16 base, adapters alone in AdamW), global
+             batch 4, on v5p-8 (fsdp 4)
+  qlora-v5e  the same on an int8 base, global batch 8, on v5e-16 then v5e-32 (fsdp 8 x context)
+  full-v5p   the full fine-tune (as from init_from), global batch 16, on v5p-32 (fsdp 16) then
+             v5p-64 (fsdp 16 x tensor 2)
+The fine-tune plans pin their meshes (one full-depth compile per slice) and set remat full.
 Mesh column: the axes larger than 1, d/f/c/t = data/fsdp/context/tensor (f16xt2: fsdp 16 x
 tensor 2).
 """
@@ -69,6 +75,29 @@ PLANS = {
     topologies=["v5e-128"],
     rules={"embed": ["fsdp", "context"]},
   ),
+  # Fine-tunes (issue 20), meshes pinned (one full-depth compile each): LoRA rank 64 on a bf16
+  # base, QLoRA on an int8 base (adapters alone in the optimizer), the full fine-tune.
+  "lora-v5p": dict(
+    config=f"{A14B}:attention=sparse,remat=full,lora=64",
+    job="train",
+    batch=4,
+    topologies=["v5p-8"],
+    mesh=dict(fsdp=4),
+  ),
+  "qlora-v5e": dict(
+    config=f"{A14B}:attention=sparse,remat=full,lora=64,lora_base=int8",
+    job="train",
+    batch=8,
+    topologies=["v5e-16", "v5e-32"],
+    mesh=dict(fsdp=8, context=-1),
+  ),
+  "full-v5p": dict(
+    config=f"{A14B}:attention=sparse,remat=full",
+    job="train",
+    batch=16,
+    topologies=["v5p-32", "v5p-64"],
+    mesh=dict(fsdp=16, tensor=-1),
+  ),
 }
 
 
@@ -106,7 +135,7 @@ def main():
       log = lambda message, name=name: print(
         f"# [{time.perf_counter() - start:6.0f} s] {name}: {message}", file=sys.stderr, flush=True
       )
-      plan = search.plan(config, request, topology_name, log=log)
+      plan = search.plan(config, request, topology_name, mesh=p.get("mesh"), log=log)
       print(row(name, plan, attention), flush=True)
       if plan.fits:
         break

@@ -4,19 +4,24 @@
       --topology v5p-8
   python -m holocine_jax.plan --config configs/wan22_t2v_a14b.py:batch=16,remat=full --job train \
       --topology v5p-64 --json
+  python -m holocine_jax.plan --config configs/holocine_a14b.py:attention=sparse,lora=64,batch=4 \
+      --job train --topology v5p-8 --set model.remat_policy=full --json
+  python -m holocine_jax.plan --config configs/holocine_a14b.py:attention=sparse,distill=4 \
+      --job sample --topology v5p-8     # guidance 1: one row per scene
   python -m holocine_jax.plan --config configs/tiny.py:block=128 --job train --topology v5p-8 \
       --frames 17 --height 64 --width 64 --shots 2 --set mesh.fsdp=2 --set mesh.tensor=2
   python -m holocine_jax.plan --config configs/holocine_a14b.py --job vae --for preprocess \
       --topology v5p-2
 
-Runs on any CPU host (libtpu compiles deviceless). Builds the job's own jitted function (train
-step, sampler stage with CFG, VAE decode, umT5 encode) on abstract inputs sharded over the
-slice's chips and compiles it with the real TPU compiler. Without `--set mesh.*` it searches the
-(data, fsdp, context, tensor) split. `--for preprocess` plans the encoders as
-`training.preprocess` runs them (VAE encode of uint8 clips, umT5 over scene prompts) on a
-(data, fsdp) mesh (default: every chip on data); with `--batch 0` it searches the largest batch
-that fits and prints the `--batch_size` to preprocess with. Exit status 1 when the plan does not
-fit.
+Runs on any CPU host (libtpu compiles deviceless). Builds the job's own jitted function (the
+train step, a LoRA's with only the adapters in the optimizer and the frozen base apart; the
+sampler stage with CFG, or over the scenes alone when both experts sample at guidance 1; the VAE
+decode; the umT5 encode) on abstract inputs sharded over the slice's chips and compiles it with
+the real TPU compiler. Without `--set mesh.*` it searches the (data, fsdp, context, tensor) split.
+`--for preprocess` plans the encoders as `training.preprocess` runs them (VAE encode of uint8
+clips, umT5 over scene prompts) on a (data, fsdp) mesh (default: every chip on data); with
+`--batch 0` it searches the largest batch that fits and prints the `--batch_size` to preprocess
+with. Exit status 1 when the plan does not fit.
 """
 
 from __future__ import annotations
@@ -105,6 +110,14 @@ def table(plan) -> str:
     rows.append(("  resident", f"{_gib(m.resident)} (the other encoder's params)"))
   if "tokens" in f:
     rows.append(("input", f"{f['rows']} rows x {f['tokens']:,} tokens"))
+  if "guidance" in f:
+    g = f["guidance"]
+    cfg = "no negative pass" if g["high"] == g["low"] == 1 else "CFG: 2 rows per scene"
+    rows.append(("guidance", f"high {g['high']:g}, low {g['low']:g} ({cfg})"))
+  if "lora" in f:
+    lora = f["lora"]
+    note = f"rank {lora['rank']}, frozen {lora['base']} base" if lora else "none (full fine-tune)"
+    rows.append(("lora", note))
   if "frames" in f:
     rows.append(("input", f"{f['rows']} clips x {f['frames']} frames"))
   if "kv_blocks_dense" in f:

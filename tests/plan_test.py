@@ -40,6 +40,15 @@ def test_tiny_sample_table(capsys):
   assert "8 rows x 80 tokens" in out  # 4 scenes, CFG: 8 rows of 4 latent frames of 4x4 tokens
 
 
+def test_tiny_sample_at_guidance_one_has_one_row_per_scene(capsys):
+  argv = [*TINY, "--job", "sample", "--topology", "v5p-8", "--shots", "2", "--batch", "4"]
+  argv += ["--set", "sampler.guidance_high=1", "--set", "sampler.guidance_low=1"]
+  result, out = _json(capsys, argv)
+  assert out["compiled"] and out["fits"] and out["rows"] == 4  # no negative rows
+  assert out["guidance"] == dict(high=1.0, low=1.0)
+  assert "4 rows x 80 tokens" in plan.table(result) and "no negative pass" in plan.table(result)
+
+
 def test_tiny_sparse_train_json(capsys):
   argv = ["--config", "configs/tiny.py:attention=sparse,block=128", *SMALL_SCENE, "--job", "train"]
   argv += ["--topology", "v5p-8", "--shots", "3"]
@@ -60,6 +69,7 @@ def test_tiny_sparse_train_json(capsys):
   assert out["shot_bound_frames"] == 5  # tiny's fixed data.max_shot_frames
   assert out["kv_blocks_visited"] > 0 and out["kv_blocks_dense"] > 0
   assert out["rows"] == 8  # the config's global batch
+  assert out["lora"] is None
 
 
 @pytest.mark.parametrize("job", ["sample", "train"])

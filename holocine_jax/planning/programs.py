@@ -1,11 +1,13 @@
 """The jitted function of each plannable job, with abstract sharded arguments on a mesh.
 
 Every builder runs the code its job runs: `training/step.py`'s train step on the abstract
-`TrainState` of `training/state.py`, the sampler's per-expert stage (CFG rows) on bf16 expert
-params in the shardings `store.load` restores them to, the sampling job's VAE decode and umT5
-encode, or preprocessing's VAE encode (`data/encoders.video_encoder`) and umT5 encode. Arguments
-are `jax.ShapeDtypeStruct`s carrying NamedShardings; the only concrete arrays are the scene's
-small ShotBatch, built on the host. Nothing runs on the mesh's devices.
+`TrainState` of `training/state.py` (with LoRA: adapters in the state, the frozen base apart),
+the sampler's per-expert stage (CFG rows, or the positive rows alone at guidance 1) on bf16
+expert params (a LoRA merged) in the shardings `store.load` restores them to, the sampling
+job's VAE decode and umT5 encode, or preprocessing's VAE encode (`data/encoders.video_encoder`)
+and umT5 encode. Arguments are `jax.ShapeDtypeStruct`s carrying NamedShardings; the only
+concrete arrays are the scene's small ShotBatch, built on the host. Nothing runs on the mesh's
+devices.
 Legend: B rows, F/H/W latent grid, C latent channels, T text tokens, E text dim, Z VAE latents.
 """
 
@@ -24,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 from holocine_jax import layout, sample, sharding, toy_text
 from holocine_jax.attention import shot_kernel
 from holocine_jax.data import encoders
-from holocine_jax.model import umt5
+from holocine_jax.model import lora, umt5
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
 from holocine_jax.planning import memory
@@ -79,13 +81,20 @@ class Program:
 
 def rows(config, request: Request, batch_shards: int) -> int:
   """Batch rows the job runs: scenes padded to whole batch shards as the jobs pad them; x2 for
-  the sampler's CFG, +1 negative prompt for the sampler's text encoder."""
+  the sampler's CFG (unless every expert samples at guidance 1), +1 negative prompt for the
+  sampler's text encoder."""
   pad = lambda n: -(-n // batch_shards) * batch_shards
   if request.job == "train":
     return request.batch or config.train.global_batch
   scenes = request.batch or 1
+  if request.job == "sample":
+    return pad(scenes) * _sampler_config(config).rows_per_scene
   negative = int(request.job == "text" and request.purpose == "sample")
-  return pad(scenes + negative) * (2 if request.job == "sample" else 1)
+  return pad(scenes + negative)
+
+
+def _sampler_config(config) -> SamplerConfig:
+  return SamplerConfig.from_config(config.sampler) if "sampler" in config else SamplerConfig()
 
 
 def text_len(config, request: Request) -> int:
@@ -187,17 +196,18 @@ def _shot_facts(shots: layout.ShotBatch, model_config: DiTConfig) -> dict:
 
 
 def _sample(config, request, mesh, rules, b, num_layers):
-  """One expert's denoising stage (Sampler.stage) over a CFG batch: b/2 scenes + negatives."""
-  model_config = _depth(formats.model_config("dit", config, "bfloat16"), num_layers)
-  sampler_config = (
-    SamplerConfig.from_config(config.sampler) if "sampler" in config else SamplerConfig()
-  )
+  """One expert's denoising stage (Sampler.stage) over its widest batch: with CFG, the scenes'
+  positive rows then as many negative rows; at guidance 1 for both experts, the scenes only."""
+  dit_config = lora.plain_config(formats.model_config("dit", config, "bfloat16"))
+  model_config = _depth(dit_config, num_layers)  # a LoRA samples merged into its base
+  sampler_config = _sampler_config(config)
   sampler = Sampler(WanDiT(model_config), sampler_config)
   blocks = config.sample if "sample" in config else config.data
   grid, lay, record = _record(request, model_config)
+  scenes = b // sampler_config.rows_per_scene
   shots = layout.make_batch(
     [lay] * b,
-    [layout.TextWindows.from_ranges(record["text_ranges"])] * (b // 2) + [None] * (b // 2),
+    [layout.TextWindows.from_ranges(record["text_ranges"])] * scenes + [None] * (b - scenes),
     max_shots=blocks.max_shots,
     max_shot_frames=_shot_bound(blocks.max_shot_frames, lay, grid),
     text_len=blocks.text_len,
@@ -205,7 +215,7 @@ def _sample(config, request, mesh, rules, b, num_layers):
   batch = NamedSharding(mesh, P(sharding.batch_axes(rules)))
   replicated = NamedSharding(mesh, P())
   noise = jax.ShapeDtypeStruct(
-    (b // 2, grid.frames, grid.height, grid.width, model_config.in_channels), jnp.float32
+    (scenes, grid.frames, grid.height, grid.width, model_config.in_channels), jnp.float32
   )
   latents = jax.eval_shape(sampler.schedule.init, noise)
   text_dtype = jnp.bfloat16  # what umT5 returns
@@ -221,11 +231,14 @@ def _sample(config, request, mesh, rules, b, num_layers):
     scalar(jnp.int32),
     scalar(jnp.float32),
   )
-  return Program(sampler.stage, args, model_config.num_layers, _shot_facts(shots, model_config))
+  guidance = dict(high=sampler_config.guidance_high, low=sampler_config.guidance_low)
+  facts = dict(_shot_facts(shots, model_config), guidance=guidance)
+  return Program(sampler.stage, args, model_config.num_layers, facts)
 
 
 def _train(config, request, mesh, rules, b, num_layers):
-  """The train step (loss, grads, AdamW) on the abstract TrainState and a global batch."""
+  """The train step (loss, grads, AdamW) on the abstract TrainState and a global batch; with
+  LoRA the state holds the adapters only and the frozen base is its own (not donated) argument."""
   train = config.train
   model = WanDiT(_depth(DiTConfig.from_config(config.model), num_layers))
   tx, schedule = state.optimizer(train)
@@ -264,9 +277,10 @@ def _train(config, request, mesh, rules, b, num_layers):
     _abstract(base, base_shardings),  # a LoRA step's frozen base ({}: a full fine-tune)
     _abstract(host_batch, batch_shardings),
   )
-  return Program(
-    step.jitted, args, model.config.num_layers, _shot_facts(host_batch["shots"], model.config)
-  )
+  c = model.config
+  lora_facts = dict(rank=c.lora_rank, base=c.lora_base) if c.lora_rank else None
+  facts = dict(_shot_facts(host_batch["shots"], c), lora=lora_facts)
+  return Program(step.jitted, args, c.num_layers, facts)
 
 
 def _vae(config, request, mesh, rules, b, num_layers):
