@@ -185,3 +185,15 @@ def test_lora_train_step_lowers_on_a_deviceless_tpu_mesh(base):
   grads = compiled.output_shardings
   assert jax.tree.structure(grads) == jax.tree.structure(adapters)
   assert jax.tree.leaves(grads)[0].mesh.devices.flat[0].platform == "tpu"
+
+
+@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("base", ["bf16", "int8", "nf4"])
+def test_quantize_base_gives_the_declared_layout(scan, base):
+  """A plain float tree (as loaded from a converted folder) -> exactly the base init declares."""
+  config = _config(f"lora=4,lora_base={base}", scan_layers=scan)
+  plain, _ = sharding.abstract_params(dit.init_fn(lora.plain_config(config)), jax.random.key(0))
+  want = lora.split(sharding.abstract_params(dit.init_fn(config), jax.random.key(0))[0])[0]
+  got = jax.eval_shape(lambda p: lora.quantize_base(p, config), plain)
+  layout = lambda tree: jax.tree.map(lambda x: (x.shape, x.dtype), tree)
+  assert layout(got) == layout(want)
