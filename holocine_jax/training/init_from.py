@@ -134,14 +134,9 @@ def write_record(workdir, init: Init | None, fingerprint: str) -> None:
 def lora_base(init: Init, model: DiTConfig, mesh, rules, workdir):
   """(frozen base {'params': ...}, its shardings, fingerprint) of a LoRA run from `init`; on a
   resume the fingerprint must equal the one `workdir` recorded."""
-  base, fingerprint = store.lora_base(init.source, init.names, model, mesh, rules)
   record = store.init_record(os.fspath(workdir))
-  if record is not None and record["fingerprint"] != fingerprint:
-    raise ValueError(
-      f"train.init_from {init.describe()} now holds other weights (fingerprint {fingerprint}) "
-      f"than when workdir {workdir} started from it ({record['fingerprint']}); the adapters "
-      "were trained on those: restore them or use a new workdir"
-    )
+  expect = record["fingerprint"] if record else None
+  base, fingerprint = store.lora_base(init.source, init.names, model, mesh, rules, expect)
   return base, jax.tree.map(lambda x: x.sharding, base), fingerprint
 
 

@@ -181,10 +181,11 @@ def init_record(workdir: str) -> dict | None:
     return json.load(f)
 
 
-def lora_base(source: Source, names: tuple[str, ...], model: DiTConfig, mesh, rules):
+def lora_base(source: Source, names: tuple[str, ...], model: DiTConfig, mesh, rules, expect=None):
   """(a LoRA run's frozen base {'params': ...}, its fingerprint): the DiT serving `names` of
   `source` read at bfloat16 straight into its shardings, then quantized as `model` declares
-  (lora_base); the same on every rebuild."""
+  (lora_base); the same on every rebuild. ValueError when it differs from `expect`, the
+  fingerprint of the base the adapters were trained on."""
   plain = dataclasses.replace(lora.plain_config(model), param_dtype="bfloat16")
   params = source.load(names, mesh, rules, config=plain)
   base_target = lora.split(target("dit", model, mesh, rules))[0]
@@ -193,7 +194,14 @@ def lora_base(source: Source, names: tuple[str, ...], model: DiTConfig, mesh, ru
     lambda p: lora.quantize_base(p, model), out_shardings=shardings, donate_argnums=(0,)
   )
   base = {"params": quantize(params)}
-  return base, fingerprint(base)
+  found = fingerprint(base)
+  if expect is not None and found != expect:
+    raise ValueError(
+      f"the LoRA base {source.path} (expert {'+'.join(names)}) now holds other weights "
+      f"(fingerprint {found}) than the adapters were trained on ({expect}): restore those "
+      "weights or start a new workdir"
+    )
+  return base, found
 
 
 def _recorded_base(workdir: str, model: DiTConfig, mesh, rules):
@@ -205,14 +213,7 @@ def _recorded_base(workdir: str, model: DiTConfig, mesh, rules):
   path, _ = parse_init(record["init_from"])
   base_source = source(path, record["step"])  # the step read then, not a newer one
   names = next(n for n in base_source.experts if "+".join(n) == record["expert"])
-  base, found = lora_base(base_source, names, model, mesh, rules)
-  if found != record["fingerprint"]:
-    raise ValueError(
-      f"the base of LoRA workdir {workdir}, {record['init_from']} (expert {record['expert']}), "
-      f"now holds other weights (fingerprint {found}) than it was trained on "
-      f"({record['fingerprint']})"
-    )
-  return base
+  return lora_base(base_source, names, model, mesh, rules, record["fingerprint"])[0]
 
 
 @dataclasses.dataclass(frozen=True)
