@@ -15,6 +15,13 @@ Layouts, the inverse of what the converter reads (weights/formats.py):
   wan        {high,low}_noise_model/diffusion_pytorch_model*.safetensors, index, Wan config.json
   diffusers  transformer{,_2}/diffusion_pytorch_model*.safetensors, index, config.json
              (loads with WanTransformer3DModel.from_pretrained(out, subfolder="transformer"))
+A LoRA training workdir (`lora=RANK`) is written as its adapters, one LoRA file per expert
+(`{high,low}_noise_lora.safetensors`; a model trained for every step gives both the same
+adapters) in `--format diffusers` (peft names, alpha / rank folded into lora_B: loads with
+WanTransformer3DModel.load_lora_adapter / WanPipeline.load_lora_weights) or `--format wan`
+(original names with `diffusion_model.`, lora_down / lora_up / alpha: ComfyUI's LoRA loader);
+`--merge` writes the merged experts (the base named by its init_from.json + the adapters) in the
+format's usual layout instead.
 The umT5 text encoder and the VAE are not trained here: take them from the base checkpoint.
 Files go to `.<out>.partial` and are renamed to --out at the end; `export.json` records the
 request, and the same request over a finished --out does nothing.
@@ -37,7 +44,7 @@ from jax.experimental import multihost_utils
 from holocine_jax import sharding
 from holocine_jax.files import write_json
 from holocine_jax.model.config import DiTConfig
-from holocine_jax.weights import diffusers_dit, formats, store, wan_dit, writer
+from holocine_jax.weights import diffusers_dit, formats, lora_files, store, wan_dit, writer
 
 RECORD = "export.json"
 DTYPES = ("keep", "float32", "bfloat16")
@@ -197,6 +204,44 @@ def _agree(value: int) -> int:
   return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
 
 
+def _write_experts(source: store.Source, fmt, out: str | None, dtype, shard_bytes, mesh, rules):
+  """Every expert of `source` (a LoRA workdir's merged) in `fmt`'s layout; returns {expert:
+  {file: number of tensors}}."""
+  files = {}
+  for names in source.experts:
+    params = source.load(names, mesh, rules)
+    kinds = {x.dtype for x in jax.tree.leaves(params)}
+    if dtype == "keep" and len(kinds) > 1:
+      raise ValueError(f"params mix dtypes {sorted(map(str, kinds))}; pass --dtype")
+    out_dtype = kinds.pop() if dtype == "keep" else np.dtype(dtype)
+    for name in names:
+      files[name] = write_expert(
+        params, source.config, fmt, name, out, dtype=out_dtype, shard_bytes=shard_bytes
+      )
+    del params
+  return files
+
+
+def lora_file(name: str) -> str:
+  """The LoRA file of expert `name` below --out."""
+  return f"{name}_noise_lora.safetensors"
+
+
+def _write_loras(source: store.Source, fmt: str, out: str | None, dtype, mesh, rules) -> dict:
+  """A LoRA workdir's adapters as one LoRA file per expert (both names of a model trained for
+  every step carry the same adapters); returns {expert: {file: number of tensors}}."""
+  (names,) = source.experts
+  adapters = store.workdir_params(source.path, source.step, source.lora, mesh, rules)
+  kinds = {x.dtype for x in jax.tree.leaves(adapters)}
+  out_dtype = kinds.pop() if dtype == "keep" and len(kinds) == 1 else np.dtype(dtype)
+  files = {}
+  for name in names:
+    path = None if out is None else os.path.join(out, lora_file(name))
+    n = lora_files.write(path, adapters, fmt, alpha=source.lora.lora_alpha, dtype=out_dtype)
+    files[name] = {lora_file(name): n}
+  return files
+
+
 def export(
   checkpoint: str,
   out: str,
@@ -206,17 +251,29 @@ def export(
   dtype: str = "keep",
   config: str | None = None,
   shard_mb: float = 10_000,
+  merge: bool = False,
 ) -> dict:
-  """Writes the DiT experts of `checkpoint` to `out` in format `fmt`; returns the record (on
-  process 0; other processes get None when a finished --out leaves nothing to do)."""
+  """Writes the DiT experts of `checkpoint` to `out` in format `fmt` (a LoRA workdir: its
+  adapters as LoRA files, or with `merge` the merged experts); returns the record (on process
+  0; other processes get None when a finished --out leaves nothing to do)."""
   start = time.time()
   if fmt not in RULES:
     raise ValueError(f"unknown format {fmt!r}; known: {', '.join(RULES)}")
   if dtype not in DTYPES:
     raise ValueError(f"unknown dtype {dtype!r}; known: {', '.join(DTYPES)}")
   source = store.source(checkpoint, step, config)
+  if merge and source.lora is None:
+    raise ValueError(f"--merge is for LoRA training workdirs; {checkpoint} holds full weights")
+  adapters_only = source.lora is not None and not merge
+  if adapters_only and fmt not in lora_files.FORMATS:
+    raise ValueError(
+      f"LoRA files are written in {' or '.join(lora_files.FORMATS)} names, not {fmt}; or pass "
+      "--merge for the merged experts"
+    )
   out = os.path.abspath(out.rstrip("/"))
   request = dict(source=os.path.abspath(checkpoint), step=source.step, format=fmt, dtype=dtype)
+  if merge:
+    request["merge"] = True
   writes = jax.process_index() == 0
   status, record = _status(out, request) if writes else (0, None)
   status = _agree(status)
@@ -227,20 +284,13 @@ def export(
     raise FileExistsError(f"--out {out} already exists{held}; remove it or pick another directory")
   mesh = sharding.make_mesh({"fsdp": -1})
   rules = sharding.DEFAULT_LOGICAL_RULES
-  files = {}
   with writer.atomic_dir(out, writes) as tmp:
-    for names in source.experts:
-      params = source.load(names, mesh, rules)
-      kinds = {x.dtype for x in jax.tree.leaves(params)}
-      if dtype == "keep" and len(kinds) > 1:
-        raise ValueError(f"params mix dtypes {sorted(map(str, kinds))}; pass --dtype")
-      out_dtype = kinds.pop() if dtype == "keep" else np.dtype(dtype)
-      for name in names:
-        files[name] = write_expert(
-          params, source.config, fmt, name, tmp, dtype=out_dtype, shard_bytes=int(shard_mb * 2**20)
-        )
-      del params
-    record = dict(request, kind=source.kind, config=dataclasses.asdict(source.config), files=files)
+    if adapters_only:
+      files = _write_loras(source, fmt, tmp, dtype, mesh, rules)
+    else:
+      files = _write_experts(source, fmt, tmp, dtype, int(shard_mb * 2**20), mesh, rules)
+    model = source.config if source.lora is None or merge else source.lora
+    record = dict(request, kind=source.kind, config=dataclasses.asdict(model), files=files)
     record["seconds"] = round(time.time() - start, 3)
     record = json.loads(json.dumps(record))  # as a rerun reads it back
     if tmp is not None:
@@ -263,6 +313,11 @@ def main(argv=None) -> dict:
   parser.add_argument(
     "--shard_mb", type=float, default=10_000, help="MiB per shard (wan, diffusers)"
   )
+  parser.add_argument(
+    "--merge",
+    action="store_true",
+    help="LoRA workdir: write the merged experts instead of the adapters (LoRA files)",
+  )
   parser.add_argument("--distributed", action="store_true", help="jax.distributed.initialize()")
   args = parser.parse_args(argv)
   if args.distributed:
@@ -275,6 +330,7 @@ def main(argv=None) -> dict:
     dtype=args.dtype,
     config=args.config,
     shard_mb=args.shard_mb,
+    merge=args.merge,
   )
 
 

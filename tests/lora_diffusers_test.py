@@ -2,7 +2,7 @@
 diffusers onto the same base, gives our forward with the adapters; a LoRA in diffusers/peft,
 original (ComfyUI) or musubi-tuner names, merged by our `--lora` path, gives diffusers' forward
 after `load_lora_weights` at scale 1 and 0.5. Then `sample --lora` end to end on a converted
-folder, and `convert --lora`."""
+folder, `convert --lora`, and `export` of a LoRA training workdir (LoRA files, --merge)."""
 
 import dataclasses
 import functools
@@ -15,13 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from diffusers import WanPipeline
+from diffusers import WanPipeline, WanTransformer3DModel
 
 from configs import tiny
-from holocine_jax import convert, sample, sharding
+from holocine_jax import convert, export, sample, sharding
 from holocine_jax.model import lora
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
+from holocine_jax.training import loop
 from holocine_jax.weights import diffusers_dit, formats, keymap, lora_files, store
 from tests import lora_reference, support
 from tests import wan_reference as ref
@@ -239,3 +240,47 @@ def test_one_expert_lora_splits_a_shared_tree(lora_path):
   want = _merged_reference(jax.device_get(low["params"]), lora.adapters, lora.alpha)
   close = functools.partial(np.testing.assert_allclose, rtol=1e-6, atol=1e-6)
   jax.tree.map(close, jax.device_get(high["params"]), want)
+
+
+@pytest.mark.slow
+def test_export_a_lora_workdir(folders, tmp_path):
+  """A LoRA run from the converted folder exports its adapters as LoRA files (both experts for
+  train.expert=all) that read back exactly, or with --merge the merged experts."""
+  _, converted = folders
+  config = tiny.get_config("lora=4,steps=1,ckpt_every=1,window=false")
+  config.data.frame_choices = (17,)
+  config.train.progress_bar = config.train.tensorboard = False
+  config.train.init_from, config.train.init_expert = converted, "high"
+  config.train.warmup_steps = 0
+  workdir = str(tmp_path / "w")
+  adapters = jax.device_get(loop.train(config, workdir).state.params["params"])
+  with open(os.path.join(workdir, "config.json"), "w") as f:  # as the train CLI writes it
+    json.dump(json.loads(config.to_json_best_effort()), f)
+  assert np.abs(adapters["blocks"]["ffn_out"]["lora_b"]).max() > 0  # trained: B left zero
+  for fmt in lora_files.FORMATS:
+    out = str(tmp_path / fmt)
+    record = export.main(["--checkpoint", workdir, "--format", fmt, "--out", out])
+    assert sorted(os.listdir(out)) == sorted(
+      [export.RECORD, *map(export.lora_file, ("high", "low"))]
+    )
+    assert record["config"]["lora_rank"] == 4
+    for name in ("high", "low"):
+      got = lora_files.read(os.path.join(out, export.lora_file(name)), CONFIG)
+      assert (got.naming, got.rank, got.alpha) == (fmt, 4, 4.0)
+      jax.tree.map(np.testing.assert_array_equal, got.adapters, adapters)
+  merged = str(tmp_path / "merged")
+  record = export.main(
+    ["--checkpoint", workdir, "--format", "diffusers", "--merge", "--out", merged]
+  )
+  assert record["merge"] and record["config"]["lora_rank"] == 0
+  source = store.source(workdir)
+  want = jax.device_get(source.load(source.experts[0], MESH, RULES))
+  state = ref.state_dict(WanTransformer3DModel.from_pretrained(merged, subfolder="transformer"))
+  target, _ = formats.abstract("dit", source.config)
+  got = keymap.convert(state, diffusers_dit.RULES, target)
+  jax.tree.map(np.testing.assert_array_equal, got, want)
+  with pytest.raises(ValueError, match="LoRA files are written in diffusers or wan names"):
+    export.export(workdir, str(tmp_path / "h"), fmt="holocine")
+  with pytest.raises(ValueError, match="--merge is for LoRA training workdirs"):
+    export.export(converted, str(tmp_path / "h"), fmt="diffusers", merge=True)
+  assert not os.path.exists(tmp_path / "h")
