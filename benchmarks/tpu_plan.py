@@ -17,8 +17,8 @@ plan pins it, fit = peak per chip <= 80% of the chip's usable HBM. Plans:
   v5e-train  A14B sparse training on 16 GB v5e chips: slices from the smallest up, with the
              config's rules and with FSDP over the context axis too
   lora-v5p   the LoRA train step (rank 64, frozen bf16 base, adapters alone in AdamW), global
-             batch 4, on v5p-8 (fsdp 4)
-  qlora-v5e  the same on an int8 base, global batch 8, on v5e-16 then v5e-32 (fsdp 8 x context)
+             batch 4, on v5p-8 (fsdp 4) then v5p-16 (fsdp 4 x context 2)
+  qlora-v5e  the same on an int8 base, global batch 8, on v5e-16, -32, -64 (fsdp 8 x context)
   full-v5p   the full fine-tune (as from init_from), global batch 16, on v5p-32 (fsdp 16) then
              v5p-64 (fsdp 16 x tensor 2)
 The fine-tune plans pin their meshes (one full-depth compile per slice) and set remat full.
@@ -42,8 +42,21 @@ A14B = "configs/holocine_a14b.py"
 SCENE = dict(frames=241, height=480, width=832, shots=5)
 MINUTE = dict(frames=961, height=480, width=832, shots=13)
 
+
+def _finetune(arg: str, batch: int, topologies: list[str], mesh: dict) -> dict:
+  """An A14B sparse train-step plan (remat full) with config args `arg` on a pinned mesh."""
+  return dict(
+    config=f"{A14B}:attention=sparse,remat=full{arg}",
+    job="train",
+    batch=batch,
+    topologies=topologies,
+    mesh=mesh,
+  )
+
+
 # Every plan: config spec, job, scene, batch (scenes, or the train global batch), topologies
-# tried smallest first until one fits, and logical rules changed from the config's.
+# tried smallest first until one fits, logical rules changed from the config's, and the mesh
+# (pinned sizes; absent: searched).
 PLANS = {
   "sample-sparse": dict(config=f"{A14B}:attention=sparse", job="sample", topologies=["v5p-8"]),
   "sample-full": dict(config=f"{A14B}:attention=full", job="sample", topologies=["v5p-8"]),
@@ -75,29 +88,12 @@ PLANS = {
     topologies=["v5e-128"],
     rules={"embed": ["fsdp", "context"]},
   ),
-  # Fine-tunes (issue 20), meshes pinned (one full-depth compile each): LoRA rank 64 on a bf16
-  # base, QLoRA on an int8 base (adapters alone in the optimizer), the full fine-tune.
-  "lora-v5p": dict(
-    config=f"{A14B}:attention=sparse,remat=full,lora=64",
-    job="train",
-    batch=4,
-    topologies=["v5p-8"],
-    mesh=dict(fsdp=4),
+  # Fine-tunes (issue 20), meshes pinned (one full-depth compile per slice; -1: the rest).
+  "lora-v5p": _finetune(",lora=64", 4, ["v5p-8", "v5p-16"], dict(fsdp=4, context=-1)),
+  "qlora-v5e": _finetune(
+    ",lora=64,lora_base=int8", 8, ["v5e-16", "v5e-32", "v5e-64"], dict(fsdp=8, context=-1)
   ),
-  "qlora-v5e": dict(
-    config=f"{A14B}:attention=sparse,remat=full,lora=64,lora_base=int8",
-    job="train",
-    batch=8,
-    topologies=["v5e-16", "v5e-32"],
-    mesh=dict(fsdp=8, context=-1),
-  ),
-  "full-v5p": dict(
-    config=f"{A14B}:attention=sparse,remat=full",
-    job="train",
-    batch=16,
-    topologies=["v5p-32", "v5p-64"],
-    mesh=dict(fsdp=16, tensor=-1),
-  ),
+  "full-v5p": _finetune("", 16, ["v5p-32", "v5p-64"], dict(fsdp=16, tensor=-1)),
 }
 
 
