@@ -148,6 +148,8 @@ def test_expert_choice_errors(converted, tmp_path):
     loop.train(_config(init_from=folder), tmp_path)
   with pytest.raises(ValueError, match="train.init_expert must be one of"):
     loop.train(_config(init_from=folder, init_expert="mid"), tmp_path)
+  with pytest.raises(ValueError, match="train.init_expert='low' names an expert of train.init_"):
+    loop.train(_config(init_expert="low"), tmp_path)
   with pytest.raises(ValueError, match="the step after '@' must be an integer"):
     loop.train(_config(init_from=f"{folder}@x"), tmp_path)
   assert not os.listdir(tmp_path)

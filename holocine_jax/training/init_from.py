@@ -51,8 +51,6 @@ class Init:
 def _expert(config, source: store.Source) -> tuple[str, ...]:
   """The stored DiT the expert being trained starts from."""
   t = config.train
-  if t.init_expert not in EXPERT_CHOICES:
-    raise ValueError(f"train.init_expert must be one of {EXPERT_CHOICES}, got {t.init_expert!r}")
   want = t.init_expert or (t.expert if t.expert != "all" else "")
   if not want:
     if len(source.experts) > 1:
@@ -66,6 +64,15 @@ def _expert(config, source: store.Source) -> tuple[str, ...]:
       return names
   have = sorted(n for names in source.experts for n in names)
   raise ValueError(f"train.init_from {source.path} has no {want!r} expert; it has {have}")
+
+
+def check_config(train) -> list[str]:
+  """Problems (naming the field) with `train.init_from` / `train.init_expert` as written."""
+  if train.init_expert not in EXPERT_CHOICES:
+    return [f"train.init_expert must be one of {EXPERT_CHOICES}, got {train.init_expert!r}"]
+  if train.init_expert and not train.init_from:
+    return [f"train.init_expert={train.init_expert!r} names an expert of train.init_from: set it"]
+  return []
 
 
 def check_architecture(what: str, stored: DiTConfig, model: DiTConfig) -> None:

@@ -61,6 +61,7 @@ def check_config(config) -> None:
   lr = t.learning_rate
   if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and 0 <= lr < math.inf):
     bad.append(f"train.learning_rate must be a finite number >= 0 (0: frozen), got {lr!r}")
+  bad += init_from.check_config(t)
   bad += samples.check_config(config)
   if bad:
     raise ValueError("; ".join(bad))
