@@ -97,7 +97,7 @@ def _random_adapters(seed=1):
   """Nonzero adapters for every block Linear of CONFIG, in our layout."""
   rng = np.random.RandomState(seed)
   flat = {}
-  for module, (in_dims, out_dims) in lora_files._linears(CONFIG).items():
+  for module, (in_dims, out_dims) in lora_files._linears(lora_files._shapes(CONFIG)).items():
     flat[f"{module}/lora_a"] = 0.3 * rng.randn(CONFIG.num_layers, *in_dims, R).astype(np.float32)
     flat[f"{module}/lora_b"] = 0.3 * rng.randn(CONFIG.num_layers, R, *out_dims).astype(np.float32)
   return {"blocks": _unflat(flat)}
@@ -132,7 +132,7 @@ def test_diffusers_loads_the_lora_we_write(tmp_path, fmt):
     assert support.rel_err(ours, ref.run(torch_model, *_inputs())) < 1e-5
 
 
-@pytest.mark.parametrize("naming", ["diffusers", "wan", "musubi"])
+@pytest.mark.parametrize("naming", ["diffusers", "wan", "musubi", "wan_diff_b"])
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 def test_our_lora_path_matches_diffusers(tmp_path, naming, scale):
   torch_model = ref.tiny_wan(0)

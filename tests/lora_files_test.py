@@ -160,3 +160,48 @@ def test_unrolled_models_write_and_merge_as_scanned(tmp_path):
       jax.device_get(got_u[f"blocks_{i}"]),
     )
   assert not np.allclose(want["blocks"]["ffn_in"]["kernel"], params["blocks"]["ffn_in"]["kernel"])
+
+
+def test_whole_param_deltas_are_read_into_the_params_layout(tmp_path):
+  path = lr.save(tmp_path / "l.safetensors", lr.torch_lora(("self_attn/q",), (1,)), "wan_diff_b")
+  state = dict(reader.read_safetensors(path))
+  rng = np.random.RandomState(0)
+  extra = {
+    "diffusion_model.blocks.0.norm3.diff": rng.randn(D).astype(np.float32),  # norm_cross scale
+    "diffusion_model.blocks.1.diff_m": rng.randn(1, 6, D).astype(np.float32),  # modulation
+    "diffusion_model.head.head.diff_b": rng.randn(16).astype(np.float32),  # 4 channels x 1x2x2
+    "diffusion_model.blocks.0.ffn.2.diff": rng.randn(D, F).astype(np.float32),  # [out, in]
+  }
+  save_file({**state, **extra}, path)
+  got = lora_files.read(path, CONFIG)
+  assert got.targets == ("self_attn/q",)
+  deltas = got.deltas
+  np.testing.assert_array_equal(
+    deltas["blocks"]["norm_cross"]["scale"][0], extra[next(iter(extra))]
+  )
+  assert not deltas["blocks"]["norm_cross"]["scale"][1].any()
+  np.testing.assert_array_equal(
+    deltas["blocks"]["modulation"][1], extra["diffusion_model.blocks.1.diff_m"][0]
+  )
+  np.testing.assert_array_equal(deltas["head"]["bias"], extra["diffusion_model.head.head.diff_b"])
+  np.testing.assert_array_equal(
+    deltas["blocks"]["ffn_out"]["kernel"][0], extra["diffusion_model.blocks.0.ffn.2.diff"].T
+  )
+  np.testing.assert_array_equal(
+    deltas["blocks"]["self_attn"]["q"]["bias"][1].reshape(-1),
+    state["diffusion_model.blocks.1.self_attn.q.diff_b"],
+  )
+  # applied at the LoRA's scale, beside the adapters
+  shapes, _ = formats.abstract("dit", CONFIG)
+  params = jax.tree.map(lambda s: np.ones(s.shape, np.float32), shapes)
+  loaded = lora_files.load([lora_files.parse(f"{path}:0.5")], CONFIG)
+  merged = jax.device_get(lora_files.apply(jax.device_put(params), loaded, CONFIG, "high"))
+  np.testing.assert_allclose(
+    merged["head"]["bias"], 1 + 0.5 * extra["diffusion_model.head.head.diff_b"], rtol=1e-6
+  )
+  # a delta of another shape is the architecture error
+  save_file({**state, "diffusion_model.blocks.0.norm3.diff": np.zeros(2 * D, np.float32)}, path)
+  with pytest.raises(
+    lora_files.LoraFileError, match=r"norm_cross/scale layer 0: delta \[64\] vs the model's \[32\]"
+  ):
+    lora_files.read(path, CONFIG)

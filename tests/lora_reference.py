@@ -47,6 +47,7 @@ def save(path, lora, naming):
       base = f"lora_unet_blocks_{i}_{original.replace('.', '_')}"
       names = ("lora_down.weight", "lora_up.weight")
     else:  # wan; wan_ab: lora_A / lora_B; wan_bare: no `diffusion_model.` (DiffSynth-Studio)
+      # wan_diff_b: with bias deltas
       base = f"{'' if naming == 'wan_bare' else 'diffusion_model.'}blocks.{i}.{original}"
       names = (
         ("lora_A.weight", "lora_B.weight")
@@ -56,6 +57,8 @@ def save(path, lora, naming):
     state[f"{base}.{names[0]}"], state[f"{base}.{names[1]}"] = down, up
     if alpha is not None:
       state[f"{base}.alpha"] = np.asarray(alpha, np.float32)
+    if naming == "wan_diff_b":  # a bias delta too (lightx2v's distill LoRAs)
+      state[f"{base}.diff_b"] = np.random.RandomState(i).randn(up.shape[0]).astype(np.float32)
   save_file(state, str(path))
   return str(path)
 

@@ -12,7 +12,9 @@ key maps (weights/diffusers_dit.py, wan_dit.py), so a LoRA key maps exactly wher
 does. A file becomes one `Lora`: adapters for the block Linears it touches (zeros for layers it
 leaves out), every module padded to the file's largest rank and its alpha / r folded into
 `lora_b` where it differs from the file's common one; `Lora.config(model)` is the DiTConfig that
-`model.lora.merge_adapters` applies it with.
+`model.lora.merge_adapters` applies it with. Original-name files may also carry whole-param
+deltas (lightx2v's distill LoRAs): `X.diff` of `X.weight`, `X.diff_b` of `X.bias`,
+`blocks.N.diff_m` of the modulation table; they are added at the LoRA's scale (`Lora.deltas`).
 """
 
 from __future__ import annotations
@@ -76,6 +78,22 @@ def rules(naming: str, write: bool = False) -> tuple[keymap.Rule, ...]:
       out.append(
         keymap.Rule(rf"{module}\.{suffix}", target, "reshape" if part == "alpha" else "linear")
       )
+  return tuple(out) + (_delta_rules() if naming == "wan" and not write else ())
+
+
+# base key ending -> the delta key ending that ComfyUI / lightx2v files use for that param
+_DELTAS = ((r"\.weight", r"\.diff"), (r"\.bias", r"\.diff_b"), (r"modulation", r"diff_m"))
+
+
+def _delta_rules() -> tuple[keymap.Rule, ...]:
+  """Original-name delta keys: `X.diff` (a whole-weight delta of `X.weight`), `X.diff_b` (of
+  `X.bias`), `blocks.N.diff_m` (of the modulation table) -> that param's path + '/diff'."""
+  out = []
+  for rule in wan_dit.RULES:
+    for base, delta in _DELTAS:
+      if rule.pattern.endswith(base):
+        pattern = _PREFIX["wan"][0] + rule.pattern.removesuffix(base) + delta
+        out.append(keymap.Rule(pattern, f"{rule.target}/diff", rule.transform))
   return tuple(out)
 
 
@@ -99,13 +117,17 @@ def _listed(items: list[str], n: int = 5) -> str:
   return f"{', '.join(items[:n])}{more}"
 
 
-def _linears(model: DiTConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
-  """{block Linear e.g. 'self_attn/q': (in dims, out dims) of its kernel [*in, *out]}."""
+def _shapes(model: DiTConfig) -> dict[str, tuple[int, ...]]:
+  """{param path: shape} of `model`'s plain, scanned params."""
   plain = dataclasses.replace(lora_model.plain_config(model), scan_layers=True)
-  shapes, _ = formats.abstract("dit", plain)
+  return {k: v.shape for k, v in _flat(formats.abstract("dit", plain)[0]).items()}
+
+
+def _linears(shapes: dict) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+  """{block Linear e.g. 'self_attn/q': (in dims, out dims) of its kernel [*in, *out]}."""
   out = {}
   for module, n_in in BLOCK_LINEARS.items():
-    shape = _flat(shapes["blocks"])[f"{module}/kernel"].shape[1:]
+    shape = shapes[f"blocks/{module}/kernel"][1:]
     out[module] = (tuple(shape[:n_in]), tuple(shape[n_in:]))
   return out
 
@@ -126,11 +148,25 @@ class Lora:
   alpha: float
   adapters: dict
   sha256: str
+  # whole-param deltas (`.diff`, `.diff_b`, `.diff_m` keys) in the params' nesting and layout
+  # (a scanned block param stacked, zeros for layers the file leaves out), added at scale
+  deltas: dict = dataclasses.field(default_factory=dict)
 
   @property
   def targets(self) -> tuple[str, ...]:
     """The block modules it adapts, e.g. ('self_attn/q', 'ffn_in')."""
-    return tuple(sorted({p.rsplit("/", 1)[0] for p in _flat(self.adapters["blocks"])}))
+    return tuple(sorted({p.rsplit("/", 1)[0] for p in _flat(self.adapters.get("blocks", {}))}))
+
+  def restricted(self, path: str) -> Lora | None:
+    """This LoRA cut to the one param `path` ('/'-joined), or None if it does not touch it."""
+    module = path.removeprefix("blocks/").removesuffix("/kernel")
+    adapters = {}
+    if path.startswith("blocks/") and path.endswith("/kernel") and module in self.targets:
+      adapters = {"blocks": _unflatten(_only(self, module))}
+    deltas = {k: v for k, v in _flat(self.deltas).items() if k == path}
+    if not adapters and not deltas:
+      return None
+    return dataclasses.replace(self, adapters=adapters, deltas=_unflatten(deltas))
 
   def config(self, model: DiTConfig) -> DiTConfig:
     """`model` with this LoRA's rank, alpha and targets (what merge_adapters applies it with)."""
@@ -148,17 +184,20 @@ def sha256(path: str) -> str:
   return digest.hexdigest()
 
 
-def _group(path: str, tensors, naming: str) -> dict[tuple[str, int], dict[str, np.ndarray]]:
-  """{(module, layer): {'lora_a' | 'lora_b' | 'alpha': tensor}}; raises naming unknown keys."""
-  modules, unknown = {}, []
+def _group(path: str, tensors, naming: str):
+  """({(module, layer): {'lora_a' | 'lora_b' | 'alpha': tensor}}, {(param path, layer,
+  transform): delta tensor}); raises naming unknown keys."""
+  modules, deltas, unknown = {}, {}, []
   for key, value in tensors.items():
     hit = keymap.match(_READ[naming], key)
-    if hit is None or hit[1] is None:  # only block Linears carry adapters
+    if hit is not None and hit[0].endswith("/diff"):
+      deltas[hit[0].removesuffix("/diff"), hit[1], hit[2]] = value
+    elif hit is None or hit[1] is None:  # adapters: block Linears only
       unknown.append(key)
-      continue
-    target, layer, _ = hit
-    module, part = target.removeprefix("blocks/").rsplit("/", 1)
-    modules.setdefault((module, layer), {})[part] = value
+    else:
+      target, layer, _ = hit
+      module, part = target.removeprefix("blocks/").rsplit("/", 1)
+      modules.setdefault((module, layer), {})[part] = value
   if unknown:
     raise LoraFileError(
       f"{path}: {len(unknown)} keys match no block Linear of the model ({naming} names): "
@@ -169,12 +208,30 @@ def _group(path: str, tensors, naming: str) -> dict[tuple[str, int], dict[str, n
   ]
   if halves:
     raise LoraFileError(f"{path}: LoRA modules without both down and up weights: {_listed(halves)}")
-  return modules
+  return modules, deltas
 
 
-def _check_shapes(path: str, modules, linears, num_layers: int) -> dict[tuple[str, int], tuple]:
-  """{(module, layer): (rank, in dims, out dims)}; one error naming every shape that does not
-  fit the model (a LoRA for another architecture)."""
+def _delta_tree(deltas, shapes: dict, num_layers: int, bad: list) -> dict:
+  """The deltas as {param path: array in the param's shape} (zeros where the file has none);
+  what does not fit `shapes` ({path: shape}) goes to `bad`."""
+  out = {}
+  for (param, layer, transform), value in sorted(
+    deltas.items(), key=lambda d: (d[0][0], d[0][1] or 0)
+  ):
+    shape = shapes[param] if layer is None else shapes[param][1:]
+    where = f"{param}{'' if layer is None else f' layer {layer}'}: delta {list(value.shape)}"
+    if layer is not None and layer >= num_layers:
+      bad.append(f"{where} (the model has {num_layers} layers)")
+    elif math.prod(value.shape) != math.prod(shape) or (transform == "linear" and value.ndim != 2):
+      bad.append(f"{where} vs the model's {list(shape)}")
+    else:
+      target = out.setdefault(param, np.zeros(shapes[param], np.float32))
+      target[() if layer is None else layer] = keymap.read(value, transform, shape, (), np.float32)
+  return out
+
+
+def _check_shapes(modules, linears, num_layers: int) -> tuple[dict, list[str]]:
+  """({(module, layer): (rank, in dims, out dims)}, the shapes that do not fit the model)."""
   out, bad = {}, []
   for (module, layer), parts in sorted(modules.items()):
     down, up = parts["lora_a"].shape, parts["lora_b"].shape
@@ -190,12 +247,7 @@ def _check_shapes(path: str, modules, linears, num_layers: int) -> dict[tuple[st
       bad.append(f"{where} vs the model's weight [{n_out}, {n_in}]")
     else:
       out[module, layer] = (down[0], in_dims, out_dims)
-  if bad:
-    raise LoraFileError(
-      f"{path}: the LoRA does not fit this model's shapes (a LoRA for another architecture?): "
-      f"{_listed(bad, 3)}"
-    )
-  return out
+  return out, bad
 
 
 def read(path: str, model: DiTConfig) -> Lora:
@@ -206,9 +258,16 @@ def read(path: str, model: DiTConfig) -> Lora:
   except reader.CheckpointReadError as e:
     raise LoraFileError(str(e)) from None
   naming = detect(tensors)
-  modules = _group(path, tensors, naming)
-  dims = _check_shapes(path, modules, _linears(model), model.num_layers)
-  rank = max(r for r, _, _ in dims.values())
+  modules, deltas = _group(path, tensors, naming)
+  shapes = _shapes(model)
+  dims, bad = _check_shapes(modules, _linears(shapes), model.num_layers)
+  delta_tree = _delta_tree(deltas, shapes, model.num_layers, bad)
+  if bad:
+    raise LoraFileError(
+      f"{path}: the LoRA does not fit this model's shapes (a LoRA for another architecture?): "
+      f"{_listed(bad, 3)}"
+    )
+  rank = max((r for r, _, _ in dims.values()), default=0)
   scales = {key: _alpha(parts, dims[key][0]) / dims[key][0] for key, parts in modules.items()}
   common = set(scales.values())
   alpha = common.pop() * rank if len(common) == 1 else float(rank)
@@ -226,8 +285,8 @@ def read(path: str, model: DiTConfig) -> Lora:
     b[layer, :r] = keymap.read(parts["lora_b"], "linear", (r, *out_dims), (), np.float32)
     if fold != 1.0:
       b[layer, :r] *= np.float32(fold)
-  adapters = _unflatten(flat)
-  return Lora(path, naming, rank, float(alpha), {"blocks": adapters}, sha256(path))
+  blocks = {"blocks": _unflatten(flat)} if flat else {}
+  return Lora(path, naming, rank, float(alpha), blocks, sha256(path), _unflatten(delta_tree))
 
 
 def _alpha(parts: dict, rank: int) -> float:
@@ -319,23 +378,35 @@ def serving(loaded, expert: str) -> tuple[tuple[Request, Lora], ...]:
 
 def apply(params, loaded, model: DiTConfig, expert: str):
   """`params` (a plain DiT param tree on devices) with every LoRA serving `expert` merged in
-  order (`lora.merge_adapters`), each under jit with the params donated: no second copy."""
+  order (`lora.merge_adapters`, then its deltas added at the same scale), each under jit with
+  the params donated: no second copy."""
   for request, lora in serving(loaded, expert):
     shardings = jax.tree.map(lambda x: x.sharding, params)
-    merge = functools.partial(
-      lora_model.merge_adapters, config=lora.config(model), scale=request.scale
-    )
-    adapters = lora.adapters if "blocks" in params else _unrolled(lora.adapters)
-    params = jax.jit(merge, donate_argnums=0, out_shardings=shardings)(params, adapters)
+    merge = functools.partial(_merge, config=lora.config(model), scale=request.scale)
+    trees = (lora.adapters, lora.deltas)
+    if "blocks" not in params:
+      trees = tuple(map(_unrolled, trees))
+    params = jax.jit(merge, donate_argnums=0, out_shardings=shardings)(params, *trees)
   return params
 
 
-def _unrolled(adapters: dict) -> dict:
-  """Scanned adapters {'blocks': [layers, ...]} as an unrolled model's {'blocks_<i>': ...}."""
-  layers = jax.tree.leaves(adapters["blocks"])[0].shape[0]
-  return {
-    f"blocks_{i}": jax.tree.map(lambda x, i=i: x[i], adapters["blocks"]) for i in range(layers)
-  }
+def _merge(params, adapters, deltas, config: DiTConfig, scale: float):
+  """merge_adapters, then every param of `deltas` + scale * its delta (in the param's dtype)."""
+  flat = _flat(lora_model.merge_adapters(params, adapters, config, scale))
+  for path, delta in _flat(deltas).items():
+    flat[path] = (flat[path].astype(jnp.float32) + scale * delta).astype(flat[path].dtype)
+  return _unflatten(flat)
+
+
+def _unrolled(tree: dict) -> dict:
+  """A scanned tree's {'blocks': [layers, ...]} as an unrolled model's {'blocks_<i>': ...}."""
+  if "blocks" not in tree:
+    return tree
+  out = {k: v for k, v in tree.items() if k != "blocks"}
+  layers = jax.tree.leaves(tree["blocks"])[0].shape[0]
+  for i in range(layers):
+    out[f"blocks_{i}"] = jax.tree.map(lambda x, i=i: x[i], tree["blocks"])
+  return out
 
 
 def scanned(adapters: dict) -> dict:
@@ -349,12 +420,8 @@ def scanned(adapters: dict) -> dict:
 def apply_to_param(path: str, array, loaded, model: DiTConfig, expert: str):
   """One parameter ('/'-joined path, e.g. 'blocks/self_attn/q/kernel') with the LoRAs serving
   `expert` merged, for code that streams params one at a time (convert)."""
-  module = path.removeprefix("blocks/").removesuffix("/kernel")
-  hits = tuple(
-    (r, dataclasses.replace(lora, adapters={"blocks": _unflatten(_only(lora, module))}))
-    for r, lora in serving(loaded, expert)
-    if path.startswith("blocks/") and path.endswith("/kernel") and module in lora.targets
-  )
+  hits = [(r, lora.restricted(path)) for r, lora in serving(loaded, expert)]
+  hits = tuple((r, lora) for r, lora in hits if lora is not None)
   if not hits:
     return array
   return _flat(apply(_unflatten({path: array}), hits, model, expert))[path]
