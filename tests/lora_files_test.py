@@ -163,7 +163,9 @@ def test_unrolled_models_write_and_merge_as_scanned(tmp_path):
 
 
 def test_whole_param_deltas_are_read_into_the_params_layout(tmp_path):
-  path = lr.save(tmp_path / "l.safetensors", lr.torch_lora(("self_attn/q",), (1,)), "wan_diff_b")
+  path = lr.save(
+    tmp_path / "l.safetensors", lr.torch_lora(("self_attn/q",), (1,)), "wan", bias=True
+  )
   state = dict(reader.read_safetensors(path))
   rng = np.random.RandomState(0)
   extra = {

@@ -33,9 +33,10 @@ def torch_lora(modules=tuple(MODULES), layers=(0, 1), rank=4, alpha=None, seed=0
   return out
 
 
-def save(path, lora, naming):
+def save(path, lora, naming, bias=False):
   """Writes `torch_lora` in `naming`'s keys, spelled out here (not through our rules); a
-  diffusers file folds alpha / r into up, as diffusers' own conversion does."""
+  diffusers file folds alpha / r into up, as diffusers' own conversion does. `bias`: random bias
+  deltas too (`.diff_b`, lightx2v's distill LoRAs; peft's `lora_B.bias` in diffusers names)."""
   state = {}
   for (m, i), (down, up, alpha) in lora.items():
     original, diffusers, _ = MODULES[m]
@@ -47,7 +48,6 @@ def save(path, lora, naming):
       base = f"lora_unet_blocks_{i}_{original.replace('.', '_')}"
       names = ("lora_down.weight", "lora_up.weight")
     else:  # wan; wan_ab: lora_A / lora_B; wan_bare: no `diffusion_model.` (DiffSynth-Studio)
-      # wan_diff_b: with bias deltas
       base = f"{'' if naming == 'wan_bare' else 'diffusion_model.'}blocks.{i}.{original}"
       names = (
         ("lora_A.weight", "lora_B.weight")
@@ -57,8 +57,9 @@ def save(path, lora, naming):
     state[f"{base}.{names[0]}"], state[f"{base}.{names[1]}"] = down, up
     if alpha is not None:
       state[f"{base}.alpha"] = np.asarray(alpha, np.float32)
-    if naming == "wan_diff_b":  # a bias delta too (lightx2v's distill LoRAs)
-      state[f"{base}.diff_b"] = np.random.RandomState(i).randn(up.shape[0]).astype(np.float32)
+    if bias:
+      name = "lora_B.bias" if naming == "diffusers" else "diff_b"
+      state[f"{base}.{name}"] = np.random.RandomState(i).randn(up.shape[0]).astype(np.float32)
   save_file(state, str(path))
   return str(path)
 

@@ -14,7 +14,8 @@ leaves out), every module padded to the file's largest rank and its alpha / r fo
 `lora_b` where it differs from the file's common one; `Lora.config(model)` is the DiTConfig that
 `model.lora.merge_adapters` applies it with. Original-name files may also carry whole-param
 deltas (lightx2v's distill LoRAs): `X.diff` of `X.weight`, `X.diff_b` of `X.bias`,
-`blocks.N.diff_m` of the modulation table; they are added at the LoRA's scale (`Lora.deltas`).
+`blocks.N.diff_m` of the modulation table (and peft's `X.lora_B.bias` in diffusers names); they
+are added at the LoRA's scale (`Lora.deltas`).
 """
 
 from __future__ import annotations
@@ -78,21 +79,24 @@ def rules(naming: str, write: bool = False) -> tuple[keymap.Rule, ...]:
       out.append(
         keymap.Rule(rf"{module}\.{suffix}", target, "reshape" if part == "alpha" else "linear")
       )
-  return tuple(out) + (_delta_rules() if naming == "wan" and not write else ())
+  return tuple(out) + (() if write else _delta_rules(naming))
 
 
-# base key ending -> the delta key ending that ComfyUI / lightx2v files use for that param
-_DELTAS = ((r"\.weight", r"\.diff"), (r"\.bias", r"\.diff_b"), (r"modulation", r"diff_m"))
+# naming -> (base key ending, the ending of a whole-param delta of it): ComfyUI / lightx2v's
+# `.diff` / `.diff_b` / `diff_m`, peft's lora_B bias (diffusers' name for `.diff_b`)
+_DELTAS = {
+  "wan": ((r"\.weight", r"\.diff"), (r"\.bias", r"\.diff_b"), (r"modulation", r"diff_m")),
+  "diffusers": ((r"\.bias", r"\.lora_B\.bias"),),
+}
 
 
-def _delta_rules() -> tuple[keymap.Rule, ...]:
-  """Original-name delta keys: `X.diff` (a whole-weight delta of `X.weight`), `X.diff_b` (of
-  `X.bias`), `blocks.N.diff_m` (of the modulation table) -> that param's path + '/diff'."""
+def _delta_rules(naming: str) -> tuple[keymap.Rule, ...]:
+  """Delta keys of `naming` (e.g. `X.diff_b`, a delta of `X.bias`) -> its param path + '/diff'."""
   out = []
-  for rule in wan_dit.RULES:
-    for base, delta in _DELTAS:
+  for rule in _BASE_RULES[naming]:
+    for base, delta in _DELTAS.get(naming, ()):
       if rule.pattern.endswith(base):
-        pattern = _PREFIX["wan"][0] + rule.pattern.removesuffix(base) + delta
+        pattern = _PREFIX[naming][0] + rule.pattern.removesuffix(base) + delta
         out.append(keymap.Rule(pattern, f"{rule.target}/diff", rule.transform))
   return tuple(out)
 
