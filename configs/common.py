@@ -75,6 +75,9 @@ def train(**overrides) -> ml_collections.ConfigDict:
     seed=0,
     num_steps=1000,
     global_batch=8,
+    # sequential microbatches per step (gradients summed, one update): activations of
+    # global_batch / microbatches examples at a time; each must split over data x fsdp
+    microbatches=1,
     learning_rate=1e-5,  # peak, after linear warmup
     warmup_steps=200,
     decay="cosine",  # "cosine" | "constant"

@@ -118,6 +118,8 @@ def table(plan) -> str:
     lora = f["lora"]
     note = f"rank {lora['rank']}, frozen {lora['base']} base" if lora else "none (full fine-tune)"
     rows.append(("lora", note))
+  if f.get("microbatches", 1) > 1:
+    rows.append(("microbatches", f"{f['microbatches']} sequential (gradients summed)"))
   if "frames" in f:
     rows.append(("input", f"{f['rows']} clips x {f['frames']} frames"))
   if "kv_blocks_dense" in f:

@@ -271,6 +271,7 @@ def _train(config, request, mesh, rules, b, num_layers):
     state_shardings=state_shardings,
     batch_shardings=batch_shardings,
     base_shardings=base_shardings,
+    microbatches=train.get("microbatches", 1),
   )
   args = (
     _abstract(meta.unbox(boxed), state_shardings),
@@ -279,7 +280,9 @@ def _train(config, request, mesh, rules, b, num_layers):
   )
   c = model.config
   lora_facts = dict(rank=c.lora_rank, base=c.lora_base) if c.lora_rank else None
-  facts = dict(_shot_facts(host_batch["shots"], c), lora=lora_facts)
+  facts = dict(
+    _shot_facts(host_batch["shots"], c), lora=lora_facts, microbatches=train.get("microbatches", 1)
+  )
   return Program(step.jitted, args, c.num_layers, facts)
 
 

@@ -61,10 +61,28 @@ def check_config(config) -> None:
   lr = t.learning_rate
   if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and 0 <= lr < math.inf):
     bad.append(f"train.learning_rate must be a finite number >= 0 (0: frozen), got {lr!r}")
+  micro = t.get("microbatches", 1)
+  if isinstance(micro, bool) or not isinstance(micro, int) or micro < 1:
+    bad.append(f"train.microbatches must be an integer >= 1, got {micro!r}")
+  elif isinstance(t.global_batch, int) and t.global_batch % micro:
+    bad.append(
+      f"train.global_batch {t.global_batch} is not a multiple of train.microbatches {micro}"
+    )
   bad += init_from.check_config(t)
   bad += samples.check_config(config)
   if bad:
     raise ValueError("; ".join(bad))
+
+
+def check_microbatches(train, batch_shards: int) -> None:
+  """Every microbatch (global_batch / microbatches examples) must split over the batch shards."""
+  micro = train.get("microbatches", 1)
+  if (train.global_batch // micro) % batch_shards:
+    raise ValueError(
+      f"a microbatch of train.global_batch / train.microbatches = {train.global_batch // micro} "
+      f"examples does not split over the mesh's {batch_shards} batch shards (data x fsdp); "
+      "use fewer train.microbatches, a larger batch, or split the sequence (mesh.context)"
+    )
 
 
 def open_source(config):
@@ -89,6 +107,7 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
   train_cfg = config.train
   mesh = sharding.make_mesh(config.mesh)
   rules = config.logical_rules
+  check_microbatches(train_cfg, sharding.batch_shards(mesh, rules))
   model = WanDiT(DiTConfig.from_config(config.model))
   init = init_from.resolve(config, workdir, model.config)  # refused before anything is written
   tx, schedule = state.optimizer(train_cfg)
@@ -160,6 +179,7 @@ def train(config, workdir, *, on_step: Callable | None = None) -> TrainResult:
             state_shardings=state_shardings,
             batch_shardings=batch_shardings,
             base_shardings=base_shardings,
+            microbatches=train_cfg.get("microbatches", 1),
           )
         batch = global_batch.to_global(host_batch, batch_shardings, train_cfg.global_batch, rows)
         train_state, device_metrics = step_fns[bucket](train_state, base, batch)

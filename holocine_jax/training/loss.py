@@ -64,21 +64,40 @@ def frame_noise(key, shape):
   return jnp.moveaxis(noise_FxBxHxWxC, 0, 1)
 
 
-def flow_matching_loss(apply_fn, params, batch, key, fm: FlowMatching):
-  """(mean squared velocity error in fp32 over the real latent frames, aux metrics) for one
-  batch. `batch["frame_mask"]` [B, F] marks real frames (absent: all are); padding frames add
-  nothing to the loss or its gradient."""
-  x0_BxFxHxWxC = batch["latents"].astype(jnp.float32)
-  b, f = x0_BxFxHxWxC.shape[:2]
+def draw(key, shape, fm: FlowMatching):
+  """(sigmas [B], noise [B, F, H, W, C]) of one step for latents of `shape`: drawn for the whole
+  batch, so that splitting it into microbatches changes nothing."""
   key_s, key_n = jax.random.split(key)
-  s_B = fm.sample_sigma(key_s, b)
-  noise_BxFxHxWxC = frame_noise(key_n, x0_BxFxHxWxC.shape)
-  s_Bx1 = s_B.reshape(b, 1, 1, 1, 1)
+  return fm.sample_sigma(key_s, shape[0]), frame_noise(key_n, shape)
+
+
+def frame_mask(batch):
+  """[B, F] real latent frames of a batch (absent `frame_mask`: all are)."""
+  b, f = batch["latents"].shape[:2]
+  return batch.get("frame_mask", jnp.ones((b, f), bool))
+
+
+def scored_values(batch) -> jax.Array:
+  """How many latent values of the batch the loss averages over (its real frames)."""
+  return jnp.sum(frame_mask(batch)) * math.prod(batch["latents"].shape[2:])
+
+
+def squared_error(apply_fn, params, batch, s_B, noise_BxFxHxWxC):
+  """Summed squared velocity error in fp32 over the real latent frames of `batch`, noised to
+  sigmas `s_B` with `noise`; padding frames add nothing to it or its gradient."""
+  x0_BxFxHxWxC = batch["latents"].astype(jnp.float32)
+  s_Bx1 = s_B.reshape(-1, 1, 1, 1, 1)
   xt_BxFxHxWxC = (1 - s_Bx1) * x0_BxFxHxWxC + s_Bx1 * noise_BxFxHxWxC
   target_BxFxHxWxC = noise_BxFxHxWxC - x0_BxFxHxWxC
   pred_BxFxHxWxC = apply_fn(params, xt_BxFxHxWxC, 1000.0 * s_B, batch["context"], batch["shots"])
   err_BxFxHxWxC = jnp.square(pred_BxFxHxWxC.astype(jnp.float32) - target_BxFxHxWxC)
-  mask_BxF = batch.get("frame_mask", jnp.ones((b, f), bool))
-  total = jnp.sum(jnp.where(mask_BxF[:, :, None, None, None], err_BxFxHxWxC, 0.0))
-  loss = total / (jnp.sum(mask_BxF) * math.prod(x0_BxFxHxWxC.shape[2:]))
+  return jnp.sum(jnp.where(frame_mask(batch)[:, :, None, None, None], err_BxFxHxWxC, 0.0))
+
+
+def flow_matching_loss(apply_fn, params, batch, key, fm: FlowMatching):
+  """(mean squared velocity error in fp32 over the real latent frames, aux metrics) for one
+  batch. `batch["frame_mask"]` [B, F] marks real frames (absent: all are); padding frames add
+  nothing to the loss or its gradient."""
+  s_B, noise_BxFxHxWxC = draw(key, batch["latents"].shape, fm)
+  loss = squared_error(apply_fn, params, batch, s_B, noise_BxFxHxWxC) / scored_values(batch)
   return loss, dict(timestep=jnp.mean(1000.0 * s_B))

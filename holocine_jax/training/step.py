@@ -2,6 +2,7 @@
 a frozen base), with explicit shardings and donation."""
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -24,27 +25,37 @@ def make_train_step(
   state_shardings,
   batch_shardings,
   base_shardings=None,
+  microbatches: int = 1,
 ):
   """step(state, base, batch) -> (state, metrics); the noise key is fold_in(key(seed), step).
   `base` is {} for a full fine-tune, or a LoRA run's frozen base ({'params': ...}, never
-  donated, no gradient) that the adapters in `state.params` are merged into."""
+  donated, no gradient) that the adapters in `state.params` are merged into. With
+  `microbatches` N > 1 the batch runs as N sequential microbatches (activations of B/N
+  examples at a time) whose gradients add up to the whole batch's: one optimizer update."""
   replicated = NamedSharding(mesh, P())
 
   def step(state: TrainState, base, batch):
     key = jax.random.fold_in(jax.random.key(seed), state.step)
+    s_B, noise_BxFxHxWxC = loss_lib.draw(key, batch["latents"].shape, fm)
+    count = loss_lib.scored_values(batch)
 
-    def loss_fn(params):
+    def loss_fn(params, part):
       variables = lora.merge(base, params) if base else params
-      return loss_lib.flow_matching_loss(model.apply, variables, batch, key, fm)
+      return loss_lib.squared_error(model.apply, variables, *part) / count
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_fn = jax.value_and_grad(loss_fn)
+    whole = (batch, s_B, noise_BxFxHxWxC)
+    if microbatches == 1:
+      loss, grads = grad_fn(state.params, whole)
+    else:
+      loss, grads = accumulate(grad_fn, state.params, split(whole, microbatches))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(
       loss=loss,
       grad_norm=optax.global_norm(grads),
       learning_rate=schedule(state.step),
-      **aux,
+      timestep=jnp.mean(1000.0 * s_B),
     )
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -61,3 +72,25 @@ def make_train_step(
 
   run.jitted = jitted
   return run
+
+
+def split(tree, n: int):
+  """Every leaf [B, ...] -> [n, B/n, ...]; microbatch j takes rows j, n + j, 2n + j, ..., so a
+  batch sharded in contiguous blocks gives every microbatch rows from every shard (no data
+  moves between devices)."""
+  return jax.tree.map(lambda x: x.reshape(-1, n, *x.shape[1:]).swapaxes(0, 1), tree)
+
+
+def accumulate(grad_fn, params, parts):
+  """(sum of losses, sum of gradients in fp32) of `grad_fn(params, part)` over the leading axis
+  of `parts`, one part at a time (lax.scan)."""
+  zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+
+  def body(carry, part):
+    loss, grads = grad_fn(params, part)
+    total, summed = carry
+    summed = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), summed, grads)
+    return (total + loss, summed), None
+
+  (loss, grads), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), parts)
+  return loss, jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
