@@ -181,6 +181,12 @@ def init_record(workdir: str) -> dict | None:
     return json.load(f)
 
 
+def _reuse(model: DiTConfig) -> tuple[int, ...]:
+  """Donate the input tree when a bf16 base's buffers can hold the output (a quantized base's
+  kernels change size: donating them only warns)."""
+  return (0,) if model.lora_base == "bf16" else ()
+
+
 def lora_base(source: Source, names: tuple[str, ...], model: DiTConfig, mesh, rules, expect=None):
   """(a LoRA run's frozen base {'params': ...}, its fingerprint): the DiT serving `names` of
   `source` read at bfloat16 straight into its shardings, then quantized as `model` declares
@@ -191,7 +197,7 @@ def lora_base(source: Source, names: tuple[str, ...], model: DiTConfig, mesh, ru
   base_target = lora.split(target("dit", model, mesh, rules))[0]
   shardings = jax.tree.map(lambda t: t.sharding, base_target)
   quantize = jax.jit(
-    lambda p: lora.quantize_base(p, model), out_shardings=shardings, donate_argnums=(0,)
+    lambda p: lora.quantize_base(p, model), out_shardings=shardings, donate_argnums=_reuse(model)
   )
   base = {"params": quantize(params)}
   found = fingerprint(base)
@@ -254,7 +260,8 @@ class Source:
       return jax.tree.map(lambda x: x.astype(dtype), merged)
 
     shardings = jax.tree.map(lambda t: t.sharding, plain)
-    return jax.jit(merge, out_shardings=shardings, donate_argnums=(0,))(base["params"], adapters)
+    donate = _reuse(self.lora)
+    return jax.jit(merge, out_shardings=shardings, donate_argnums=donate)(base["params"], adapters)
 
 
 def source(checkpoint: str, step: int | None = None, config: str | None = None) -> Source:
