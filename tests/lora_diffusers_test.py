@@ -132,14 +132,18 @@ def test_diffusers_loads_the_lora_we_write(tmp_path, fmt):
     assert support.rel_err(ours, ref.run(torch_model, *_inputs())) < 1e-5
 
 
-@pytest.mark.parametrize("naming", ["diffusers", "wan", "musubi", "wan+bias", "diffusers+bias"])
+@pytest.mark.parametrize(
+  "naming",
+  ["diffusers", "wan", "musubi", "wan+bias", "diffusers+bias", "wan+outside", "diffusers+outside"],
+)
 @pytest.mark.parametrize("scale", [1.0, 0.5])
 def test_our_lora_path_matches_diffusers(tmp_path, naming, scale):
   torch_model = ref.tiny_wan(0)
   lora = lora_reference.torch_lora(alpha=ALPHA, seed=2)
   lora = {k: (0.3 * down, 0.3 * up, alpha) for k, (down, up, alpha) in lora.items()}
-  naming, _, bias = naming.partition("+")  # +bias: bias deltas too (diff_b / lora_B.bias)
-  path = lora_reference.save(tmp_path / "l.safetensors", lora, naming, bias=bool(bias))
+  naming, *flags = naming.split("+")  # bias deltas (diff_b / lora_B.bias); head, time LoRAs
+  flags = {flag: True for flag in flags}
+  path = lora_reference.save(tmp_path / "l.safetensors", lora, naming, **flags)
   params, base = jax.device_put(_base(torch_model)), ref.run(torch_model, *_inputs())
   want = _diffusers(torch_model, path, scale)
   loaded = lora_files.load([lora_files.parse(f"{path}:{scale}")], CONFIG)

@@ -93,10 +93,16 @@ def test_keys_that_match_nothing_are_one_error(tmp_path):
   lora = lr.torch_lora(("self_attn/q",))
   path = lr.save(tmp_path / "l.safetensors", lora, "wan")
   state = dict(reader.read_safetensors(path))
-  state["diffusion_model.head.head.lora_down.weight"] = np.zeros((R, D), np.float32)
+  state["diffusion_model.img_emb.proj.1.lora_down.weight"] = np.zeros((R, D), np.float32)  # I2V
   state["diffusion_model.blocks.0.self_attn.q.dora_scale"] = np.zeros((D,), np.float32)
   save_file(state, path)
-  with pytest.raises(lora_files.LoraFileError, match=r"2 keys match no block Linear .*head\.head"):
+  with pytest.raises(lora_files.LoraFileError, match=r"2 keys match no parameter .*img_emb"):
+    lora_files.read(path, CONFIG)
+  del state["diffusion_model.img_emb.proj.1.lora_down.weight"]
+  del state["diffusion_model.blocks.0.self_attn.q.dora_scale"]
+  state["diffusion_model.head.head.lora_down.weight"] = np.zeros((R, D), np.float32)
+  save_file(state, path)
+  with pytest.raises(lora_files.LoraFileError, match="without a matching down and up: head$"):
     lora_files.read(path, CONFIG)
   save_file({"model.layers.0.mlp.lora_A.weight": np.zeros((R, D), np.float32)}, path)
   with pytest.raises(lora_files.LoraFileError, match="no key is a Wan LoRA key"):
@@ -173,6 +179,9 @@ def test_whole_param_deltas_are_read_into_the_params_layout(tmp_path):
     "diffusion_model.blocks.1.diff_m": rng.randn(1, 6, D).astype(np.float32),  # modulation
     "diffusion_model.head.head.diff_b": rng.randn(16).astype(np.float32),  # 4 channels x 1x2x2
     "diffusion_model.blocks.0.ffn.2.diff": rng.randn(D, F).astype(np.float32),  # [out, in]
+    "diffusion_model.time_projection.1.lora_down.weight": rng.randn(2, D).astype(np.float32),
+    "diffusion_model.time_projection.1.lora_up.weight": rng.randn(6 * D, 2).astype(np.float32),
+    "diffusion_model.time_projection.1.alpha": np.asarray(1.0, np.float32),
   }
   save_file({**state, **extra}, path)
   got = lora_files.read(path, CONFIG)
@@ -193,6 +202,9 @@ def test_whole_param_deltas_are_read_into_the_params_layout(tmp_path):
     deltas["blocks"]["self_attn"]["q"]["bias"][1].reshape(-1),
     state["diffusion_model.blocks.1.self_attn.q.diff_b"],
   )
+  up, down = (extra[f"diffusion_model.time_projection.1.lora_{p}.weight"] for p in ("up", "down"))
+  got_t = deltas["time_projection"]["kernel"].reshape(D, 6 * D)  # ours: [D, 6, D]
+  np.testing.assert_allclose(got_t, 0.5 * (up @ down).T, rtol=1e-6)
   # applied at the LoRA's scale, beside the adapters
   shapes, _ = formats.abstract("dit", CONFIG)
   params = jax.tree.map(lambda s: np.ones(s.shape, np.float32), shapes)

@@ -33,11 +33,28 @@ def torch_lora(modules=tuple(MODULES), layers=(0, 1), rank=4, alpha=None, seed=0
   return out
 
 
-def save(path, lora, naming, bias=False):
+# Linears outside the blocks: (original name, diffusers name, torch weight [out, in])
+OUTSIDE = (
+  ("head.head", "proj_out", (16, D)),
+  ("time_projection.1", "condition_embedder.time_proj", (6 * D, D)),
+)
+
+
+def save(path, lora, naming, bias=False, outside=False):
   """Writes `torch_lora` in `naming`'s keys, spelled out here (not through our rules); a
   diffusers file folds alpha / r into up, as diffusers' own conversion does. `bias`: random bias
-  deltas too (`.diff_b`, lightx2v's distill LoRAs; peft's `lora_B.bias` in diffusers names)."""
+  deltas too (`.diff_b`, lightx2v's distill LoRAs; peft's `lora_B.bias` in diffusers names);
+  `outside`: rank-2 pairs (no alpha) on the Linears of OUTSIDE too."""
+  rng = np.random.RandomState(7)
   state = {}
+  for original, diffusers, (n_out, n_in) in OUTSIDE if outside else ():
+    down, up = 0.3 * rng.randn(2, n_in), 0.3 * rng.randn(n_out, 2)
+    if naming == "diffusers":
+      base, names = f"transformer.{diffusers}", ("lora_A.weight", "lora_B.weight")
+    else:
+      base, names = f"diffusion_model.{original}", ("lora_down.weight", "lora_up.weight")
+    state[f"{base}.{names[0]}"] = down.astype(np.float32)
+    state[f"{base}.{names[1]}"] = up.astype(np.float32)
   for (m, i), (down, up, alpha) in lora.items():
     original, diffusers, _ = MODULES[m]
     if naming == "diffusers":

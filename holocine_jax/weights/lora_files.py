@@ -15,7 +15,8 @@ leaves out), every module padded to the file's largest rank and its alpha / r fo
 `model.lora.merge_adapters` applies it with. Original-name files may also carry whole-param
 deltas (lightx2v's distill LoRAs): `X.diff` of `X.weight`, `X.diff_b` of `X.bias`,
 `blocks.N.diff_m` of the modulation table (and peft's `X.lora_B.bias` in diffusers names); they
-are added at the LoRA's scale (`Lora.deltas`).
+are added at the LoRA's scale (`Lora.deltas`), as is a down / up pair on a Linear outside the
+blocks (head, time / text embedding), taken as the delta (alpha / r) up @ down of its kernel.
 """
 
 from __future__ import annotations
@@ -189,29 +190,38 @@ def sha256(path: str) -> str:
 
 
 def _group(path: str, tensors, naming: str):
-  """({(module, layer): {'lora_a' | 'lora_b' | 'alpha': tensor}}, {(param path, layer,
-  transform): delta tensor}); raises naming unknown keys."""
+  """({(block Linear, layer): {'lora_a' | 'lora_b' | 'alpha': tensor}}, {(param path, layer,
+  transform): delta tensor}); a down / up pair on a Linear outside the blocks becomes a delta of
+  its kernel. Raises naming unknown keys."""
   modules, deltas, unknown = {}, {}, []
   for key, value in tensors.items():
     hit = keymap.match(_READ[naming], key)
-    if hit is not None and hit[0].endswith("/diff"):
-      deltas[hit[0].removesuffix("/diff"), hit[1], hit[2]] = value
-    elif hit is None or hit[1] is None:  # adapters: block Linears only
+    if hit is None:
       unknown.append(key)
+    elif hit[0].endswith("/diff"):
+      deltas[hit[0].removesuffix("/diff"), hit[1], hit[2]] = value
     else:
       target, layer, _ = hit
       module, part = target.removeprefix("blocks/").rsplit("/", 1)
       modules.setdefault((module, layer), {})[part] = value
   if unknown:
     raise LoraFileError(
-      f"{path}: {len(unknown)} keys match no block Linear of the model ({naming} names): "
+      f"{path}: {len(unknown)} keys match no parameter of the model ({naming} names): "
       f"{_listed(sorted(unknown, key=writer._natural))}"
     )
-  halves = [
-    f"{m} layer {i}" for (m, i), parts in modules.items() if {"lora_a", "lora_b"} - set(parts)
+  bad = [
+    f"{m}{'' if i is None else f' layer {i}'}"
+    for (m, i), parts in modules.items()
+    if {"lora_a", "lora_b"} - set(parts)
+    or np.shape(parts["lora_a"])[0] != np.shape(parts["lora_b"])[-1]
   ]
-  if halves:
-    raise LoraFileError(f"{path}: LoRA modules without both down and up weights: {_listed(halves)}")
+  if bad:
+    raise LoraFileError(f"{path}: LoRA modules without a matching down and up: {_listed(bad)}")
+  for module, _ in [key for key in modules if key[1] is None]:
+    parts = modules.pop((module, None))
+    down, up = (np.asarray(parts[p], np.float32) for p in ("lora_a", "lora_b"))
+    delta = _alpha(parts, down.shape[0]) / down.shape[0] * (up @ down)
+    deltas[f"{module}/kernel", None, "linear"] = delta
   return modules, deltas
 
 
