@@ -13,8 +13,13 @@ def mesh(**sizes) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(base)
 
 
-def logical_rules():
-  return [list(rule) for rule in sharding.DEFAULT_LOGICAL_RULES]
+def logical_rules(params_over_context: bool = False):
+  """The rules table; `params_over_context` shards the params' model dim over fsdp x context
+  (context-parallel training then keeps 1/(fsdp*context) of the params and optimizer per chip)."""
+  rules = [list(rule) for rule in sharding.DEFAULT_LOGICAL_RULES]
+  if params_over_context:
+    rules = [[name, ["fsdp", "context"] if name == "embed" else axes] for name, axes in rules]
+  return rules
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:

@@ -7,6 +7,8 @@
   get_config("lora=64")             # LoRA rank 64 on a frozen bf16 base (adapters fp32)
   get_config("lora=64,lora_base=int8")   # QLoRA: the frozen base int8 (or nf4)
   configs/holocine_a14b.py:attention=sparse,lora=64,lora_base=int8   # the same on HoloCine
+  get_config("micro=4,context=4,params_over_context=true")   # 4 sequential microbatches per
+      # step, each scene's tokens split 4 ways, params sharded over fsdp x context
 Defaults: bf16 compute, fp32 params, scanned blocks, FSDP over all devices.
 """
 
@@ -31,6 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     steps=10000,
     lr=1e-5,
     data_dir="",
+    micro=1,  # train.microbatches
+    params_over_context=False,  # shard the params' model dim over fsdp x context
     **common.LORA_ARGS,
   )
   config = ml_collections.ConfigDict()
@@ -57,11 +61,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.text_len = 512
   config.boundary = 0.875  # high-noise expert for t >= boundary * 1000
   config.mesh = common.mesh(fsdp=a.fsdp, tensor=a.tensor, context=a.context)
-  config.logical_rules = common.logical_rules()
+  config.logical_rules = common.logical_rules(a.params_over_context)
   config.data = common.data(data_dir=a.data_dir)
   config.train = common.train(
     num_steps=a.steps,
     global_batch=a.batch,
+    microbatches=a.micro,
     learning_rate=a.lr,
     expert=a.expert,
     boundary=config.boundary,
