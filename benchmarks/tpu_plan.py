@@ -17,7 +17,7 @@ plan pins it, fit = peak per chip <= 80% of the chip's usable HBM. Plans:
   v5e-train  A14B sparse training on 16 GB v5e chips: slices from the smallest up, with the
              config's rules and with FSDP over the context axis too
   lora-v5p   the LoRA train step (rank 64, frozen bf16 base, adapters alone in AdamW), global
-             batch 4, on v5p-8 (fsdp 4) then v5p-16 (fsdp 4 x context 2)
+             batch 4, on v5p-8 (fsdp 4) then v5p-16 (fsdp 4 x tensor 2)
   qlora-v5e  the same on an int8 base, global batch 8, on v5e-16, -32, -64 (fsdp 8 x context)
   full-v5p   the full fine-tune (as from init_from), global batch 16, on v5p-32 (fsdp 16) then
              v5p-64 (fsdp 16 x tensor 2)
@@ -89,7 +89,7 @@ PLANS = {
     rules={"embed": ["fsdp", "context"]},
   ),
   # Fine-tunes (issue 20), meshes pinned (one full-depth compile per slice; -1: the rest).
-  "lora-v5p": _finetune(",lora=64", 4, ["v5p-8", "v5p-16"], dict(fsdp=4, context=-1)),
+  "lora-v5p": _finetune(",lora=64", 4, ["v5p-8", "v5p-16"], dict(fsdp=4, tensor=-1)),
   "qlora-v5e": _finetune(
     ",lora=64,lora_base=int8", 8, ["v5e-16", "v5e-32", "v5e-64"], dict(fsdp=8, context=-1)
   ),
