@@ -86,6 +86,33 @@ def test_a14b_two_layers(capsys, job):
   assert out["shot_bound_frames"] == 2 and out["kv_blocks_visited"] > 0  # capped at the clip
 
 
+@pytest.fixture(scope="module")
+def a14b_two_layer_trains():
+  """JSON plans of the A14B train step at 2 layers on v5p-8 (fsdp 4): full, LoRA, QLoRA int8."""
+  argv = ["--job", "train", "--topology", "v5p-8", "--shots", "2", *A14B_2_LAYERS]
+  argv += ["--set", "mesh.fsdp=4", "--json"]
+  config = "configs/holocine_a14b.py:attention=sparse,batch=4"
+  out = {}
+  for name, arg in [("full", ""), ("lora", ",lora=64"), ("qlora", ",lora=64,lora_base=int8")]:
+    out[name] = plan.main(["--config", config + arg, *argv]).to_json()
+  return out
+
+
+@pytest.mark.slow  # three A14B train-step compiles
+def test_a14b_lora_train_holds_adapters_only(a14b_two_layer_trains):
+  full, lora, qlora = (a14b_two_layer_trains[k] for k in ("full", "lora", "qlora"))
+  assert all(p["compiled"] and p["fits"] and p["num_layers"] == 2 for p in (full, lora, qlora))
+  assert full["lora"] is None
+  assert lora["lora"] == dict(rank=64, base="bf16") and qlora["lora"] == dict(rank=64, base="int8")
+  m = {k: p["per_device_bytes"] for k, p in a14b_two_layer_trains.items()}
+  # Full: fp32 params + AdamW moments, 12 bytes a param; LoRA: a 2-byte base + small adapters.
+  assert m["lora"]["arguments"] < m["full"]["arguments"] / 4
+  assert m["qlora"]["arguments"] < m["lora"]["arguments"]  # int8 block kernels
+  assert m["lora"]["peak"] < m["full"]["peak"]
+  # Donated: the whole train state in full, only the adapters' (never the frozen base) in LoRA.
+  assert 0 < m["lora"]["aliased"] < m["full"]["aliased"] / 10
+
+
 def test_too_small_slice_does_not_fit(capsys):
   # An FFN of 2^27 features: 2 layers x 2 x 32 x 2^27 fp32 weights = 64 GiB on one 16 GB chip.
   argv = [*TINY, "--job", "sample", "--topology", "v5e-1", "--shots", "2"]
