@@ -248,10 +248,18 @@ def train_in(config, workdir, **kwargs):
 
 
 def run_steps(
-  config, mesh, model, train_state, shardings, num_steps, base=None, base_shardings=None
+  config,
+  mesh,
+  model,
+  train_state,
+  shardings,
+  num_steps,
+  base=None,
+  base_shardings=None,
+  microbatches=1,
 ):
-  """`num_steps` jitted train steps on the synthetic data from `train_state` (on a LoRA `base`);
-  returns (state, losses, last batch)."""
+  """`num_steps` jitted train steps on the synthetic data from `train_state` (on a LoRA `base`,
+  in `microbatches`); returns (state, losses, last batch)."""
   from holocine_jax.training import global_batch, loop, pipeline, state
   from holocine_jax.training import loss as loss_lib
   from holocine_jax.training import step as step_lib
@@ -274,6 +282,7 @@ def run_steps(
     state_shardings=shardings,
     batch_shardings=batch_shardings,
     base_shardings=base_shardings,
+    microbatches=microbatches,
   )
   losses = []
   for _ in range(num_steps):

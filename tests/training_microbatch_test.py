@@ -9,51 +9,40 @@ from configs import tiny
 from holocine_jax import sharding
 from holocine_jax.model.config import DiTConfig
 from holocine_jax.model.dit import WanDiT
-from holocine_jax.training import global_batch, loop, pipeline, state
-from holocine_jax.training import loss as loss_lib
+from holocine_jax.training import loop, state
 from holocine_jax.training import step as step_lib
+from tests import support
 
 
 def _step(microbatches: int):
-  """(params after one step from the same init, metrics) with `microbatches`."""
+  """(params before, params after one step from the same init, its loss) with `microbatches`."""
   config = tiny.get_config("batch=8")
   config.data.frame_choices = (17,)
   config.mesh.fsdp = 2
+  config.train.warmup_steps = 0  # a full learning rate at the first step
   mesh = sharding.make_mesh(config.mesh, jax.devices()[:2])
-  rules = config.logical_rules
   model = WanDiT(DiTConfig.from_config(config.model))
-  tx, schedule = state.optimizer(config.train)
-  train_state, shardings = state.create(model, tx, mesh, rules, jax.random.key(0))
-  source, shapes = loop.open_source(config)
-  rows = global_batch.host_rows(mesh, rules, config.train.global_batch)
-  host = next(iter(pipeline.from_config(source, shapes, config, rows)))
-  batch_shardings = global_batch.shardings(host, mesh, rules)
-  step = step_lib.make_train_step(
-    model,
-    tx,
-    schedule,
-    loss_lib.FlowMatching.from_config(config.train),
-    seed=0,
-    mesh=mesh,
-    rules=rules,
-    state_shardings=shardings,
-    batch_shardings=batch_shardings,
-    microbatches=microbatches,
+  tx, _ = state.optimizer(config.train)
+  train_state, shardings = state.create(model, tx, mesh, config.logical_rules, jax.random.key(0))
+  before = jax.device_get(train_state.params)
+  new_state, losses, _ = support.run_steps(
+    config, mesh, model, train_state, shardings, 1, microbatches=microbatches
   )
-  batch = global_batch.to_global(host, batch_shardings, config.train.global_batch, rows)
-  new_state, metrics = step(train_state, {}, batch)
-  return jax.device_get(new_state.params), jax.device_get(metrics)
+  return before, jax.device_get(new_state.params), losses[0]
+
+
+def _largest_difference(a, b) -> float:
+  return max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a, b)))
 
 
 def test_microbatches_make_the_whole_batch_update():
-  whole_params, whole = _step(1)
-  split_params, split = _step(4)
-  for key in ("loss", "grad_norm", "timestep"):
-    np.testing.assert_allclose(split[key], whole[key], rtol=2e-5, err_msg=key)
-  assert whole["grad_norm"] > 0
-  jax.tree.map(
-    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), split_params, whole_params
-  )
+  before, whole_params, whole_loss = _step(1)
+  _, split_params, split_loss = _step(4)
+  np.testing.assert_allclose(split_loss, whole_loss, rtol=2e-5)
+  # Adam's first step moves every param by about the learning rate (2e-3) whatever the gradient's
+  # size, so float error in a near-zero gradient shows up as a small part of a step
+  assert _largest_difference(before, whole_params) > 1e-3
+  assert _largest_difference(split_params, whole_params) < 5e-5
 
 
 def test_split_gives_every_microbatch_rows_from_every_block():
